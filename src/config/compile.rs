@@ -1,0 +1,639 @@
+//! Raw config → `Snapshot`. Every check that can be made before serving is made here, and
+//! every error is collected (not just the first) with its YAML path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::uri::{Scheme, Uri};
+use http::{HeaderName, HeaderValue};
+
+use super::ConfigErrors;
+use super::raw::*;
+use crate::headers::TenantHeaderNames;
+use crate::signing::SigningKey;
+use crate::snapshot::*;
+use crate::tls::{CertStore, LoadedCert, load_cert};
+use crate::upstream::{Balance, Endpoint, UpstreamPool};
+
+const DEFAULT_CONNECT_MS: u64 = 5_000;
+const DEFAULT_REQUEST_MS: u64 = 30_000;
+
+/// Compiles a parsed config. `content_hash` identifies the file it came from.
+pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigErrors> {
+    let mut c = Compiler {
+        errors: ConfigErrors::default(),
+        certs_by_path: HashMap::new(),
+    };
+    if raw.version != 1 {
+        c.err("version", format!("unsupported version {}", raw.version));
+    }
+    let listeners = c.listeners(&raw.listeners);
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| c.socket_addr("admin.bind", &a.bind));
+    let limits = c.limits(&raw.limits);
+    let sources = c.sources(raw);
+    let signing = c.signing(&raw.signing);
+    let plans = c.plans(&raw.plans);
+    let upstreams = c.upstreams(&raw.upstreams);
+    let routes: Arc<[Route]> = c.routes("routes", &raw.routes, &upstreams, raw).into();
+    let base_domains = c.base_domains(&raw.tenancy.base_domains);
+
+    let mut certs = CertStore::default();
+    if let Some(default) = raw
+        .tls
+        .as_ref()
+        .and_then(|t| t.default_certificate.as_ref())
+        && let Some(cert) = c.cert("tls.default_certificate", default)
+    {
+        certs.set_default(&cert);
+        // The default also serves its own SANs by name (e.g. a `*.gw.example.com` wildcard).
+        certs.add(&cert);
+    }
+
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    let mut hosts: HashMap<Box<str>, TenantId> = HashMap::new();
+    let mut host_owner: HashMap<Box<str>, String> = HashMap::new();
+    for (name, t) in &raw.tenants {
+        let path = format!("tenants.{name}");
+        let id = tenants.len() as TenantId;
+        if !is_dns_label(name) {
+            c.err(
+                &path,
+                "tenant name must be a lower-case DNS label (a-z, 0-9, '-', at most 63)",
+            );
+        }
+        for base in &base_domains {
+            claim_host(
+                &mut c,
+                &mut hosts,
+                &mut host_owner,
+                format!("{name}.{base}"),
+                id,
+                name,
+                &path,
+            );
+        }
+        for (i, h) in t.hosts.iter().enumerate() {
+            let hpath = format!("{path}.hosts[{i}]");
+            match normalize_host(h) {
+                Some(h) => claim_host(&mut c, &mut hosts, &mut host_owner, h, id, name, &hpath),
+                None => c.err(&hpath, format!("invalid host name {h:?}")),
+            }
+        }
+        if let Some(tls) = &t.tls
+            && let Some(cert) = c.cert(&format!("{path}.tls"), tls)
+        {
+            for taken in certs.add(&cert) {
+                c.err(
+                    format!("{path}.tls"),
+                    format!("name {taken:?} is already served by another certificate"),
+                );
+            }
+        }
+        let plan = match plans.get(&t.plan) {
+            Some(p) => *p,
+            None => {
+                c.err(format!("{path}.plan"), format!("unknown plan {:?}", t.plan));
+                PlanFields::default()
+            }
+        };
+        let limits = c.tenant_limits(&path, plan, t);
+        let own_routes = t.routes.as_ref().map(|r| {
+            c.routes(&format!("{path}.routes"), r, &upstreams, raw)
+                .into_boxed_slice()
+        });
+        for (i, k) in t.api_keys_sha256.iter().enumerate() {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                c.err(
+                    format!("{path}.api_keys_sha256[{i}]"),
+                    "must be 64 hex digits (the SHA-256 of the key, never the key)",
+                );
+            }
+        }
+        tenants.push(Tenant {
+            name: name.as_str().into(),
+            plan: t.plan.as_str().into(),
+            status: match t.status {
+                RawTenantStatus::Active => TenantStatus::Active,
+                RawTenantStatus::Suspended => TenantStatus::Suspended,
+            },
+            limits,
+            routes: own_routes,
+            id_header: header_value(&mut c, &path, name),
+            plan_header: header_value(&mut c, &format!("{path}.plan"), &t.plan),
+        });
+    }
+
+    if listeners.iter().any(|l| l.tls) && certs.is_empty() {
+        c.err(
+            "tls",
+            "a TLS listener needs certificates: set tls.default_certificate or a tenant's tls",
+        );
+    }
+    c.token(raw);
+
+    let signing = signing.map(|(active, keys)| Signing {
+        active,
+        keys,
+        names: TenantHeaderNames::new(&raw.signing.header_prefix)
+            .unwrap_or_else(|| TenantHeaderNames::new("x-tenant").expect("static prefix")),
+    });
+    if TenantHeaderNames::new(&raw.signing.header_prefix).is_none() {
+        c.err(
+            "signing.header_prefix",
+            "must be a lower-case header name prefix such as x-tenant",
+        );
+    }
+
+    match (c.errors.is_empty(), signing) {
+        (true, Some(signing)) => Ok(Snapshot {
+            content_hash: content_hash.to_owned(),
+            loaded_at: SystemTime::now(),
+            listeners,
+            admin,
+            limits,
+            sources,
+            tenants,
+            hosts,
+            routes,
+            upstreams,
+            certs,
+            signing,
+        }),
+        _ => Err(c.errors),
+    }
+}
+
+fn claim_host(
+    c: &mut Compiler,
+    hosts: &mut HashMap<Box<str>, TenantId>,
+    owner: &mut HashMap<Box<str>, String>,
+    host: String,
+    id: TenantId,
+    tenant: &str,
+    path: &str,
+) {
+    let host: Box<str> = host.into();
+    if let Some(other) = owner.get(&host) {
+        if other != tenant {
+            c.err(
+                path,
+                format!("host {host:?} is already claimed by tenant {other:?}"),
+            );
+        }
+        return;
+    }
+    owner.insert(host.clone(), tenant.to_owned());
+    hosts.insert(host, id);
+}
+
+fn header_value(c: &mut Compiler, path: &str, v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap_or_else(|_| {
+        c.err(path, format!("{v:?} cannot be sent as a header value"));
+        HeaderValue::from_static("")
+    })
+}
+
+/// A DNS label: 1..=63 of `a-z0-9-`, not starting or ending with '-'.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Lower-cases and checks a host name (dot-separated DNS labels, no port, no trailing dot).
+fn normalize_host(h: &str) -> Option<String> {
+    let h = h.to_ascii_lowercase();
+    if h.len() > 253 || h.split('.').any(|l| !is_dns_label(l)) {
+        return None;
+    }
+    Some(h)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PlanFields {
+    rate: Option<RawRate>,
+    max_concurrent: Option<u32>,
+    connect_ms: Option<u64>,
+    request_ms: Option<u64>,
+    max_body_bytes: Option<u64>,
+}
+
+struct Compiler {
+    errors: ConfigErrors,
+    /// Certificates already loaded in this compile, so one file pair is read once.
+    certs_by_path: HashMap<(PathBuf, PathBuf), Option<Arc<LoadedCert>>>,
+}
+
+impl Compiler {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(path, message);
+    }
+
+    fn socket_addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(path, format!("invalid address {s:?} (expected IP:PORT)"));
+                None
+            }
+        }
+    }
+
+    fn listeners(&mut self, raw: &[RawListener]) -> Vec<ListenerSpec> {
+        if raw.is_empty() {
+            self.err("listeners", "at least one listener is required");
+        }
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            if !names.insert(l.name.as_str()) {
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate listener {:?}", l.name),
+                );
+            }
+            if let Some(bind) = self.socket_addr(&format!("{path}.bind"), &l.bind) {
+                out.push(ListenerSpec {
+                    name: l.name.clone(),
+                    bind,
+                    tls: l.tls,
+                });
+            }
+        }
+        out
+    }
+
+    fn limits(&mut self, l: &RawLimits) -> ConnLimits {
+        let fields = [
+            ("handshake_timeout_ms", l.handshake_timeout_ms),
+            ("header_timeout_ms", l.header_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("max_header_bytes", l.max_header_bytes),
+            ("max_connections", l.max_connections),
+        ];
+        for (name, v) in fields {
+            if v == 0 {
+                self.err(format!("limits.{name}"), "must be greater than 0");
+            }
+        }
+        if l.max_header_bytes > 1 << 20 {
+            self.err("limits.max_header_bytes", "must be at most 1048576");
+        }
+        ConnLimits {
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(l.header_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            max_header_bytes: l.max_header_bytes as usize,
+            max_connections: l.max_connections as usize,
+            shutdown_grace: Duration::from_millis(l.shutdown_grace_ms),
+        }
+    }
+
+    fn sources(&mut self, raw: &RawConfig) -> Sources {
+        let mut s = Sources::default();
+        for src in &raw.tenancy.sources {
+            match src {
+                RawSource::Sni => s.sni = true,
+                RawSource::Host => s.host = true,
+                RawSource::Token => s.token = true,
+                RawSource::Apikey => s.apikey = true,
+            }
+        }
+        if raw.tenancy.sources.is_empty() {
+            self.err("tenancy.sources", "at least one source is required");
+        }
+        s
+    }
+
+    fn base_domains(&mut self, raw: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, d) in raw.iter().enumerate() {
+            match normalize_host(d) {
+                Some(d) => out.push(d),
+                None => self.err(
+                    format!("tenancy.base_domains[{i}]"),
+                    format!("invalid domain {d:?}"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn secret(&mut self, path: &str, env: Option<&str>, file: Option<&Path>) -> Option<Vec<u8>> {
+        match (env, file) {
+            (Some(var), None) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                _ => {
+                    self.err(
+                        path,
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => match std::fs::read(file) {
+                Ok(v) => {
+                    let trimmed = v.trim_ascii();
+                    if trimmed.is_empty() {
+                        self.err(path, format!("secret file {} is empty", file.display()));
+                        None
+                    } else {
+                        Some(trimmed.to_vec())
+                    }
+                }
+                Err(e) => {
+                    self.err(
+                        path,
+                        format!("cannot read secret file {}: {e}", file.display()),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.err(path, "set exactly one of secret_env or secret_file");
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn signing(&mut self, raw: &RawSigning) -> Option<(Arc<SigningKey>, Vec<Arc<SigningKey>>)> {
+        let mut keys = Vec::new();
+        let mut ids = HashSet::new();
+        for (i, k) in raw.keys.iter().enumerate() {
+            let path = format!("signing.keys[{i}]");
+            if k.id.is_empty()
+                || !k
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.err(format!("{path}.id"), "key id must be [A-Za-z0-9_-]+");
+            }
+            if !ids.insert(k.id.as_str()) {
+                self.err(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
+            }
+            if let Some(secret) =
+                self.secret(&path, k.secret_env.as_deref(), k.secret_file.as_deref())
+            {
+                if secret.len() < 16 {
+                    self.err(&path, "signing secret must be at least 16 bytes");
+                }
+                keys.push(Arc::new(SigningKey::new(&k.id, &secret)));
+            }
+        }
+        if raw.keys.is_empty() {
+            self.err("signing.keys", "at least one signing key is required");
+        }
+        let active = keys.iter().find(|k| k.id() == raw.active_key).cloned();
+        if active.is_none() && raw.keys.iter().all(|k| k.id != raw.active_key) {
+            self.err(
+                "signing.active_key",
+                format!("unknown key {:?}", raw.active_key),
+            );
+        }
+        active.map(|a| (a, keys))
+    }
+
+    fn rate(&mut self, path: &str, r: Option<RawRate>) -> Option<Rate> {
+        let r = r?;
+        if r.per_second == 0 || r.burst == 0 {
+            self.err(path, "per_second and burst must be greater than 0");
+            return None;
+        }
+        Some(Rate {
+            per_second: r.per_second,
+            burst: r.burst,
+        })
+    }
+
+    fn plans(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, RawPlan>,
+    ) -> HashMap<String, PlanFields> {
+        raw.iter()
+            .map(|(name, p)| {
+                let t = p.timeouts.unwrap_or_default();
+                (
+                    name.clone(),
+                    PlanFields {
+                        rate: p.rate,
+                        max_concurrent: p.max_concurrent,
+                        connect_ms: t.connect_ms,
+                        request_ms: t.request_ms,
+                        max_body_bytes: p.max_body_bytes,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn tenant_limits(&mut self, path: &str, plan: PlanFields, t: &RawTenant) -> TenantLimits {
+        let timeouts = t.timeouts.unwrap_or_default();
+        let connect_ms = timeouts
+            .connect_ms
+            .or(plan.connect_ms)
+            .unwrap_or(DEFAULT_CONNECT_MS);
+        let request_ms = timeouts
+            .request_ms
+            .or(plan.request_ms)
+            .unwrap_or(DEFAULT_REQUEST_MS);
+        if connect_ms == 0 || request_ms == 0 {
+            self.err(
+                format!("{path}.timeouts"),
+                "timeouts must be greater than 0",
+            );
+        }
+        let max_concurrent = t.max_concurrent.or(plan.max_concurrent);
+        if max_concurrent == Some(0) {
+            self.err(format!("{path}.max_concurrent"), "must be greater than 0");
+        }
+        TenantLimits {
+            rate: self.rate(&format!("{path}.rate"), t.rate.or(plan.rate)),
+            max_concurrent,
+            connect_timeout: Duration::from_millis(connect_ms),
+            request_timeout: Duration::from_millis(request_ms),
+            max_body_bytes: t.max_body_bytes.or(plan.max_body_bytes),
+        }
+    }
+
+    fn upstreams(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, RawUpstream>,
+    ) -> HashMap<Box<str>, Arc<UpstreamPool>> {
+        let mut out = HashMap::new();
+        for (name, u) in raw {
+            let path = format!("upstreams.{name}");
+            if u.endpoints.is_empty() {
+                self.err(
+                    format!("{path}.endpoints"),
+                    "at least one endpoint is required",
+                );
+            }
+            let mut endpoints = Vec::new();
+            for (i, e) in u.endpoints.iter().enumerate() {
+                let epath = format!("{path}.endpoints[{i}]");
+                match self.endpoint(e) {
+                    Ok(ep) => endpoints.push(ep),
+                    Err(msg) => self.err(epath, msg),
+                }
+            }
+            let balance = match u.balance {
+                RawBalance::RoundRobin => Balance::RoundRobin,
+                RawBalance::LeastRequests => Balance::LeastRequests,
+            };
+            out.insert(
+                name.as_str().into(),
+                Arc::new(UpstreamPool::new(name, endpoints, balance)),
+            );
+        }
+        out
+    }
+
+    fn endpoint(&mut self, e: &str) -> Result<Endpoint, String> {
+        let uri: Uri = e
+            .parse()
+            .map_err(|_| format!("invalid endpoint URL {e:?}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or(format!("endpoint {e:?} needs http://"))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "endpoint {e:?}: only http:// upstreams are supported"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or(format!("endpoint {e:?} needs a host and port"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("endpoint {e:?} must not carry a path"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(format!("endpoint {e:?} must not carry credentials"));
+        }
+        Ok(Endpoint::new(scheme, authority))
+    }
+
+    fn routes(
+        &mut self,
+        path: &str,
+        raw: &[RawRoute],
+        upstreams: &HashMap<Box<str>, Arc<UpstreamPool>>,
+        config: &RawConfig,
+    ) -> Vec<Route> {
+        let mut out = Vec::new();
+        let mut prefixes = HashSet::new();
+        for (i, r) in raw.iter().enumerate() {
+            let rpath = format!("{path}[{i}]");
+            if !r.path_prefix.starts_with('/') {
+                self.err(format!("{rpath}.path_prefix"), "must start with '/'");
+            }
+            if !prefixes.insert(r.path_prefix.as_str()) {
+                self.err(
+                    format!("{rpath}.path_prefix"),
+                    format!("duplicate path_prefix {:?}", r.path_prefix),
+                );
+            }
+            for (j, req) in r.require.iter().enumerate() {
+                let missing = match req {
+                    RawSource::Token => config.token.is_none(),
+                    RawSource::Apikey => config.apikey.is_none(),
+                    RawSource::Sni | RawSource::Host => false,
+                };
+                if missing {
+                    self.err(
+                        format!("{rpath}.require[{j}]"),
+                        format!("{req:?} is required here but not configured").to_lowercase(),
+                    );
+                }
+                if matches!(req, RawSource::Sni | RawSource::Host) {
+                    self.err(
+                        format!("{rpath}.require[{j}]"),
+                        "only token and apikey can be required by a route",
+                    );
+                }
+            }
+            match upstreams.get(r.upstream.as_str()) {
+                Some(pool) => out.push(Route {
+                    path_prefix: r.path_prefix.as_str().into(),
+                    upstream: pool.clone(),
+                    require_token: r.require.contains(&RawSource::Token),
+                    require_apikey: r.require.contains(&RawSource::Apikey),
+                }),
+                None => self.err(
+                    format!("{rpath}.upstream"),
+                    format!("unknown upstream {:?}", r.upstream),
+                ),
+            }
+        }
+        // Longest prefix first, so the first match is the longest.
+        out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        out
+    }
+
+    fn cert(&mut self, path: &str, r: &RawCertRef) -> Option<Arc<LoadedCert>> {
+        let key = (r.cert.clone(), r.key.clone());
+        if let Some(cached) = self.certs_by_path.get(&key) {
+            return cached.clone();
+        }
+        let loaded = match load_cert(&r.cert, &r.key) {
+            Ok(c) => {
+                if c.names.is_empty() {
+                    self.err(
+                        format!("{path}.cert"),
+                        "certificate has no DNS names in its subjectAltName",
+                    );
+                }
+                Some(Arc::new(c))
+            }
+            Err(msg) => {
+                self.err(path, msg);
+                None
+            }
+        };
+        self.certs_by_path.insert(key, loaded.clone());
+        loaded
+    }
+
+    /// Token settings are checked for shape here; verification is the identity phase's.
+    fn token(&mut self, raw: &RawConfig) {
+        if let Some(t) = &raw.token {
+            if t.tenant_claim.is_empty() {
+                self.err("token.tenant_claim", "must not be empty");
+            }
+            for (i, k) in t.keys.iter().enumerate() {
+                let set = [
+                    k.public_key_file.is_some(),
+                    k.secret_env.is_some(),
+                    k.secret_file.is_some(),
+                ];
+                if set.iter().filter(|x| **x).count() != 1 {
+                    self.err(
+                        format!("token.keys[{i}]"),
+                        "set exactly one of public_key_file, secret_env, secret_file",
+                    );
+                }
+            }
+        }
+        if let Some(a) = &raw.apikey
+            && HeaderName::from_bytes(a.header.as_bytes()).is_err()
+        {
+            self.err(
+                "apikey.header",
+                format!("invalid header name {:?}", a.header),
+            );
+        }
+    }
+}

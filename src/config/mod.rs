@@ -1,0 +1,102 @@
+//! Configuration: the YAML file (`raw`) and its compilation into a `Snapshot` (`compile`).
+//!
+//! `load` reads, parses and compiles in one go and returns either a snapshot or *every* error
+//! found, each with its YAML path (`tenants.acme.routes[0].upstream: unknown upstream "billing"`).
+
+mod compile;
+pub mod raw;
+
+use std::fmt;
+use std::path::Path;
+
+pub use compile::compile;
+
+use crate::snapshot::Snapshot;
+
+/// One problem in a config file, located by its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::default();
+        e.push(path, message);
+        e
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses YAML text into the raw config, reporting the path of the first shape error.
+pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigErrors::single(path, e.into_inner().to_string())
+    })
+}
+
+/// Reads, parses and compiles a config file.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
+    load_bytes(&bytes)
+}
+
+/// Parses and compiles config file contents.
+pub fn load_bytes(bytes: &[u8]) -> Result<Snapshot, ConfigErrors> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ConfigErrors::single("", "config file is not UTF-8"))?;
+    let raw = parse(text)?;
+    compile(&raw, &content_hash(bytes))
+}
+
+/// First 16 hex digits of the SHA-256 of the file.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,304 @@
+//! The YAML file as written by the operator (`version: 1`, see SPEC.md).
+//!
+//! These types only describe the shape of the file: every struct denies unknown fields, and
+//! nothing here is validated beyond what serde checks. `compile` turns them into a `Snapshot`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub version: u32,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub tenancy: RawTenancy,
+    #[serde(default)]
+    pub token: Option<RawToken>,
+    #[serde(default)]
+    pub apikey: Option<RawApiKey>,
+    pub signing: RawSigning,
+    #[serde(default)]
+    pub plans: BTreeMap<String, RawPlan>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: String,
+}
+
+/// Connection-level defences; the defaults are SPEC's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub handshake_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_header_bytes: u64,
+    pub max_connections: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 5_000,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 32_768,
+            max_connections: 20_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub default_certificate: Option<RawCertRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertRef {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSource {
+    Sni,
+    Host,
+    Token,
+    Apikey,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTenancy {
+    pub base_domains: Vec<String>,
+    pub sources: Vec<RawSource>,
+}
+
+impl Default for RawTenancy {
+    fn default() -> Self {
+        Self {
+            base_domains: Vec::new(),
+            sources: vec![
+                RawSource::Sni,
+                RawSource::Host,
+                RawSource::Token,
+                RawSource::Apikey,
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<RawJwtKey>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_tenant_claim() -> String {
+    "tenant_id".to_owned()
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKey {
+    pub kid: String,
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    #[serde(default = "default_header_prefix")]
+    pub header_prefix: String,
+    pub active_key: String,
+    pub keys: Vec<RawSecret>,
+}
+
+fn default_header_prefix() -> String {
+    "x-tenant".to_owned()
+}
+
+/// A secret named by where it lives, never by its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub id: String,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default)]
+    pub connect_ms: Option<u64>,
+    #[serde(default)]
+    pub request_ms: Option<u64>,
+}
+
+/// A plan; every field may also be set on a tenant to override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    #[serde(default)]
+    pub rate: Option<RawRate>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub balance: RawBalance,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub require: Vec<RawSource>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawTenantStatus {
+    #[default]
+    Active,
+    Suspended,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub plan: String,
+    #[serde(default)]
+    pub status: RawTenantStatus,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<RawCertRef>,
+    #[serde(default)]
+    pub routes: Option<Vec<RawRoute>>,
+    #[serde(default)]
+    pub api_keys_sha256: Vec<String>,
+    // Plan overrides.
+    #[serde(default)]
+    pub rate: Option<RawRate>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub rate_limit_store: Option<RawRateLimitStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitStore {
+    pub redis: RawRedis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    #[serde(default)]
+    pub on_error: Option<String>,
+}

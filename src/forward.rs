@@ -1,0 +1,187 @@
+//! Phase "forward": rewrite the request for the upstream (strip, set, sign), send it through the
+//! pooled client under the tenant's deadline, and stream the response back.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::headers::{forwarding, hop};
+use crate::proxy::ConnInfo;
+use crate::signing::{SignedFields, unix_now};
+use crate::snapshot::{Route, Snapshot, Tenant};
+use crate::tenant::Identity;
+use crate::upstream::UpstreamClient;
+
+/// What the identity phases learned, for the signed headers.
+pub struct Forwarding<'a> {
+    pub tenant: &'a Tenant,
+    pub identity: Identity,
+    pub subject: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Rewrites the request head in place: hop-by-hop and client `x-tenant-*` headers out,
+/// forwarding and tenant headers in, signature last (it covers the final method, authority,
+/// path and request id).
+pub fn rewrite_request_head(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    fwd: &Forwarding<'_>,
+    parts: &mut http::request::Parts,
+) -> Result<(), GatewayError> {
+    // The authority as the client named it; forwarded unchanged as Host (like Envoy's default).
+    let authority = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| GatewayError::BadRequest("invalid authority"))?,
+        None => parts
+            .headers
+            .get(HOST)
+            .cloned()
+            .ok_or(GatewayError::BadRequest("missing Host header"))?,
+    };
+    let headers = &mut parts.headers;
+    hop::strip(headers);
+    let names = &snap.signing.names;
+    names.strip_client_copies(headers);
+
+    headers.insert(forwarding::X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+    headers.insert(
+        forwarding::X_FORWARDED_PROTO.clone(),
+        if conn.tls {
+            forwarding::PROTO_HTTPS.clone()
+        } else {
+            forwarding::PROTO_HTTP.clone()
+        },
+    );
+    headers.insert(forwarding::X_FORWARDED_HOST.clone(), authority.clone());
+    headers.insert(forwarding::X_REQUEST_ID.clone(), fwd.request_id.clone());
+
+    headers.insert(names.id.clone(), fwd.tenant.id_header.clone());
+    headers.insert(names.plan.clone(), fwd.tenant.plan_header.clone());
+    headers.insert(names.source.clone(), fwd.identity.sources.header_value());
+    if let Some(sub) = fwd.subject {
+        headers.insert(names.subject.clone(), sub.clone());
+    }
+    let authority_str = authority
+        .to_str()
+        .map_err(|_| GatewayError::BadRequest("invalid Host header"))?;
+    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let fields = SignedFields {
+        request_id: fwd.request_id.to_str().unwrap_or(""),
+        method: parts.method.as_str(),
+        authority: authority_str,
+        path_and_query,
+        tenant: &fwd.tenant.name,
+        plan: &fwd.tenant.plan,
+        subject: fwd.subject.and_then(|s| s.to_str().ok()).unwrap_or(""),
+    };
+    let signature = snap.signing.active.sign(unix_now(), &fields);
+    headers.insert(
+        names.signature.clone(),
+        HeaderValue::try_from(signature)
+            .map_err(|_| GatewayError::BadRequest("unsignable request"))?,
+    );
+    headers.insert(HOST, authority);
+    Ok(())
+}
+
+/// Sends the rewritten request to an endpoint of the route's pool and streams the answer back.
+pub async fn forward(
+    client: &UpstreamClient,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    fwd: &Forwarding<'_>,
+    route: &Route,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    rewrite_request_head(snap, conn, fwd, &mut parts)?;
+
+    let (endpoint, in_flight) = route
+        .upstream
+        .pick()
+        .ok_or(GatewayError::UpstreamUnavailable(
+            UpstreamFailure::NoEndpoint,
+        ))?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(endpoint.scheme.clone());
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+    // Upstreams speak HTTP/1.1 here whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body::stream(body));
+
+    let deadline = fwd.tenant.limits.request_timeout;
+    let resp = match tokio::time::timeout(deadline, client.request(upstream_req)).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() {
+                UpstreamFailure::Connect
+            } else {
+                UpstreamFailure::Exchange
+            };
+            tracing::warn!(upstream = %route.upstream.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
+            return Err(GatewayError::UpstreamUnavailable(kind));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    hop::strip(&mut rparts.headers);
+    Ok(Response::from_parts(
+        rparts,
+        body::stream(Guarded {
+            inner: rbody,
+            _guard: in_flight,
+        }),
+    ))
+}
+
+/// A body that holds a guard (an in-flight count, later a concurrency permit) until the body
+/// has been sent or dropped.
+pub struct Guarded<B, G> {
+    pub inner: B,
+    pub _guard: G,
+}
+
+impl<B, G> Body for Guarded<B, G>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    G: Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner)
+            .poll_frame(cx)
+            .map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,182 @@
+//! The running gateway's shared state: the current snapshot (one `ArcSwap`), the upstream
+//! client, and the reload path (read → parse → compile → swap; on error keep the old one).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{self, ConfigErrors};
+use crate::server;
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, UpstreamClient};
+
+pub struct Gateway {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    client: UpstreamClient,
+    config_path: Option<PathBuf>,
+    generation: AtomicU64,
+    last_reload_error: Mutex<Option<String>>,
+}
+
+impl Gateway {
+    /// A gateway serving `snapshot`; `config_path` is what reloads re-read.
+    pub fn new(snapshot: Snapshot, config_path: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            client: upstream::client(),
+            config_path,
+            generation: AtomicU64::new(1),
+            last_reload_error: Mutex::new(None),
+        })
+    }
+
+    /// Loads and compiles `path`; every error if it does not compile.
+    pub fn from_file(path: &Path) -> Result<Arc<Self>, ConfigErrors> {
+        let snapshot = config::load(path)?;
+        Ok(Self::new(snapshot, Some(path.to_path_buf())))
+    }
+
+    /// The current snapshot. A request takes it once and keeps it to the end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub(crate) fn snapshot_cell(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// Number of good loads so far (1 after start).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The error of the last failed reload, cleared by a good one.
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Re-reads the config file and swaps the snapshot. On any error the current snapshot
+    /// keeps serving and the error is returned (and remembered for the admin API).
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let path = self
+            .config_path
+            .as_deref()
+            .ok_or_else(|| ConfigErrors::single("", "no config file to reload from"))?;
+        let result = config::load(path);
+        self.install(result)
+    }
+
+    /// Swaps in a compiled snapshot (or records why there is none).
+    pub fn install(&self, result: Result<Snapshot, ConfigErrors>) -> Result<u64, ConfigErrors> {
+        let mut last = self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(next) => {
+                let current = self.snapshot.load();
+                if next.listeners != current.listeners || next.admin != current.admin {
+                    tracing::warn!(
+                        "listener changes take effect on restart; reload keeps the bound sockets"
+                    );
+                }
+                let summary = format!(
+                    "tenants {} -> {}, routes {} -> {}, upstreams {} -> {}",
+                    current.tenants.len(),
+                    next.tenants.len(),
+                    current.route_count(),
+                    next.route_count(),
+                    current.upstreams.len(),
+                    next.upstreams.len()
+                );
+                drop(current);
+                let hash = next.content_hash.clone();
+                self.snapshot.store(Arc::new(next));
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                *last = None;
+                tracing::info!(generation, hash = %hash, %summary, "config reloaded");
+                Ok(generation)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(path = %e.path, error = %e.message, "config reload rejected; keeping the current config");
+                }
+                *last = Some(errors.to_string());
+                Err(errors)
+            }
+        }
+    }
+
+    /// Binds every listener of the current snapshot and starts serving.
+    pub async fn start(self: &Arc<Self>) -> io::Result<Running> {
+        let snap = self.snapshot();
+        let tls = server::tls_acceptor(self.snapshot_cell()).map_err(io::Error::other)?;
+        let connections = Arc::new(Semaphore::new(snap.limits.max_connections));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut listeners = Vec::new();
+        for spec in &snap.listeners {
+            let listener = TcpListener::bind(spec.bind).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listener {} on {}: {e}", spec.name, spec.bind),
+                )
+            })?;
+            let addr = listener.local_addr()?;
+            tracing::info!(listener = %spec.name, %addr, tls = spec.tls, "listening");
+            listeners.push((spec.name.clone(), addr));
+            tasks.spawn(server::run(
+                listener,
+                server::ListenerCtx {
+                    name: spec.name.clone(),
+                    tls: spec.tls.then(|| tls.clone()),
+                    gateway: self.clone(),
+                    connections: connections.clone(),
+                },
+                shutdown_rx.clone(),
+            ));
+        }
+        Ok(Running {
+            listeners,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+/// Listeners being served; dropped or `shutdown()` to stop.
+pub struct Running {
+    pub listeners: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// The bound address of a listener by name.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,37 @@
+//! tenant-gateway: an edge reverse proxy for multi-tenant SaaS.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML file (`config::raw`) and its compilation into a [`snapshot::Snapshot`],
+//!   collecting every error with its YAML path.
+//! - [`snapshot`]: the compiled, immutable config a request runs against.
+//! - [`gateway`]: shared state (one `ArcSwap<Snapshot>`, the upstream client), reload, start.
+//! - [`server`]: listeners, connection cap, TLS handshake, HTTP/1.1 + HTTP/2, graceful drain.
+//! - [`tls`]: certificate loading and SNI-based certificate selection.
+//! - [`proxy`]: the request path, phase by phase, calling:
+//!   [`tenant`] (resolve tenant) → [`route`] → [`forward`] (strip, sign, send).
+//! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers.
+//! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
+//! - [`upstream`]: upstream pools, balancing, the pooled client.
+//! - [`error`]: `GatewayError` and SPEC's status codes.
+//! - [`devcerts`], [`demo`]: throwaway certificates and the newcomer's demo.
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod devcerts;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod signing;
+pub mod snapshot;
+pub mod tenant;
+pub mod tls;
+pub mod upstream;
+
+pub use error::GatewayError;
+pub use gateway::{Gateway, Running};

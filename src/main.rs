@@ -1,0 +1,216 @@
+//! The `tenant-gateway` command line: `run`, `check`, `demo`, `dev-certs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tenant_gateway::gateway::{Gateway, Running};
+use tenant_gateway::signing::Verifier;
+use tenant_gateway::{config, demo, devcerts};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "tenant-gateway", version, about = "Multi-tenant edge proxy")]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve.
+    Run {
+        /// Config file [default: $GATEWAY_CONFIG, else config/gateway.yaml]
+        #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Load, validate and compile the config without serving.
+    Check {
+        #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Demo upstreams, dev certificates and config/demo.yaml, with curl lines to try.
+    Demo {
+        #[arg(long, default_value = "config/demo.yaml")]
+        config: PathBuf,
+    },
+    /// Write a dev CA and per-tenant leaf certificates (never for production).
+    DevCerts {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        #[arg(long, default_value = "gw.localhost")]
+        domain: String,
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::DevCerts {
+            out,
+            domain,
+            tenants,
+        } => dev_certs(&out, &domain, &tenants),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Demo { config } => runtime().and_then(|rt| rt.block_on(run_demo(&config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(snap) => {
+            println!(
+                "{}: ok ({} tenants, {} routes, {} upstreams, {} certificates)",
+                path.display(),
+                snap.tenants.len(),
+                snap.route_count(),
+                snap.upstreams.len(),
+                snap.certs.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dev_certs(out: &Path, domain: &str, tenants: &[String]) -> anyhow::Result<()> {
+    let made = devcerts::write(out, domain, tenants)?;
+    println!(
+        "dev CA: {} (trust it for testing only)",
+        made.ca_cert.display()
+    );
+    println!(
+        "default: {} (*.{domain}, {domain})",
+        made.default_cert.display()
+    );
+    for (t, c, _) in &made.tenants {
+        println!("{t}: {} ({t}.{domain})", c.display());
+    }
+    Ok(())
+}
+
+fn load_gateway(path: &Path) -> anyhow::Result<Arc<Gateway>> {
+    Gateway::from_file(path)
+        .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", path.display()))
+}
+
+async fn run(path: &Path) -> anyhow::Result<()> {
+    let gw = load_gateway(path)?;
+    let running = gw.start().await?;
+    serve_until_signalled(gw, running).await
+}
+
+/// Reloads on SIGHUP; drains and returns on SIGTERM or SIGINT.
+async fn serve_until_signalled(gw: Arc<Gateway>, running: Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                // Compiling may read many certificate files: keep it off the async workers.
+                let g = gw.clone();
+                let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn run_demo(path: &Path) -> anyhow::Result<()> {
+    let certs = Path::new("certs");
+    let domain = "gw.localhost";
+    if demo::ensure_certs(certs, domain, &["acme".into(), "globex".into()])? {
+        println!("made throwaway dev certificates in certs/ (never use them in production)");
+    }
+    let gw = load_gateway(path)?;
+    let snap = gw.snapshot();
+    let mut verifier = Verifier::new();
+    let secret = std::fs::read(certs.join("signing.key")).context("reading certs/signing.key")?;
+    verifier = verifier.with_key(snap.signing.active.id(), secret.trim_ascii());
+
+    // One echo upstream per loopback endpoint named in the config.
+    let verifier = Arc::new(verifier);
+    let mut started = std::collections::HashSet::new();
+    for (pool, upstream) in &snap.upstreams {
+        for ep in upstream.endpoints() {
+            let Ok(addr) = ep.authority.as_str().parse::<SocketAddr>() else {
+                continue;
+            };
+            if !addr.ip().is_loopback() || !started.insert(addr) {
+                continue;
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("demo upstream {pool} on {addr}"))?;
+            tokio::spawn(demo::serve_echo(
+                listener,
+                format!("{pool} ({addr})"),
+                verifier.clone(),
+            ));
+        }
+    }
+    let running = gw.start().await?;
+    let http = running
+        .addr("http")
+        .context("demo config needs a listener named http")?;
+    let https = running
+        .addr("https")
+        .context("demo config needs a listener named https")?;
+    println!("\ntenant-gateway demo is up. Try:\n");
+    print!("{}", demo::curl_lines(http, https, "certs/ca.crt", domain));
+    println!("Ctrl-C stops the demo.");
+    serve_until_signalled(gw, running).await
+}

@@ -1,0 +1,145 @@
+//! The compiled, immutable configuration a request runs against.
+//!
+//! Built once per (re)load by `config::compile`, published through one `ArcSwap<Snapshot>`, and
+//! taken once per request, so a request sees one consistent config from start to end. Nothing
+//! here is parsed or defaulted on the hot path: names are lower-cased, header values built and
+//! tables hashed at compile time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+
+use crate::headers::TenantHeaderNames;
+use crate::signing::SigningKey;
+use crate::tls::CertStore;
+use crate::upstream::UpstreamPool;
+
+/// Index of a tenant in `Snapshot::tenants`.
+pub type TenantId = u32;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// First 16 hex digits of the SHA-256 of the config file.
+    pub content_hash: String,
+    pub loaded_at: SystemTime,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: Option<SocketAddr>,
+    pub limits: ConnLimits,
+    pub sources: Sources,
+    pub tenants: Vec<Tenant>,
+    /// Lower-case host name → tenant: `<tenant>.<base_domain>` for every base domain, and every
+    /// tenant's custom `hosts`.
+    pub hosts: HashMap<Box<str>, TenantId>,
+    /// Global routes, longest prefix first.
+    pub routes: Arc<[Route]>,
+    pub upstreams: HashMap<Box<str>, Arc<UpstreamPool>>,
+    pub certs: CertStore,
+    pub signing: Signing,
+}
+
+impl Snapshot {
+    /// The tenant a host name (already stripped of its port) belongs to.
+    pub fn tenant_for_host(&self, host: &str) -> Option<TenantId> {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(host.to_ascii_lowercase().as_str()).copied()
+        } else {
+            self.hosts.get(host).copied()
+        }
+    }
+
+    pub fn tenant(&self, id: TenantId) -> &Tenant {
+        &self.tenants[id as usize]
+    }
+
+    /// Number of distinct routes (global plus per-tenant).
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+            + self
+                .tenants
+                .iter()
+                .map(|t| t.routes.as_ref().map_or(0, |r| r.len()))
+                .sum::<usize>()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub tls: bool,
+}
+
+/// Connection-level defences (SPEC `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Which sources may identify a tenant (SPEC `tenancy.sources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sources {
+    pub sni: bool,
+    pub host: bool,
+    pub token: bool,
+    pub apikey: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+/// A tenant's limits: its plan with the tenant's overrides applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub rate: Option<Rate>,
+    pub max_concurrent: Option<u32>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: Box<str>,
+    pub plan: Box<str>,
+    pub status: TenantStatus,
+    pub limits: TenantLimits,
+    /// The tenant's own routes, longest prefix first; consulted before the global routes.
+    pub routes: Option<Box<[Route]>>,
+    /// Precomputed `x-tenant-id` / `x-tenant-plan` values.
+    pub id_header: HeaderValue,
+    pub plan_header: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path_prefix: Box<str>,
+    pub upstream: Arc<UpstreamPool>,
+    /// `require: [token]`: the request must carry a valid token even if SNI/Host name the tenant.
+    pub require_token: bool,
+    pub require_apikey: bool,
+}
+
+/// Signing keys and the header names they write.
+#[derive(Debug)]
+pub struct Signing {
+    pub active: Arc<SigningKey>,
+    pub keys: Vec<Arc<SigningKey>>,
+    pub names: TenantHeaderNames,
+}

@@ -1,0 +1,179 @@
+//! Phase "resolve tenant": which tenant a request belongs to, from the connection's SNI and the
+//! request's Host / `:authority`, with SPEC's agreement rule. Each source is one hash lookup in
+//! the snapshot's host table.
+
+use http::header::HOST;
+use http::{HeaderValue, Request};
+
+use crate::error::GatewayError;
+use crate::snapshot::{Snapshot, TenantId, TenantStatus};
+
+/// The sources that named the tenant, as a bit set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceSet(u8);
+
+impl SourceSet {
+    pub const SNI: u8 = 1;
+    pub const HOST: u8 = 2;
+    pub const TOKEN: u8 = 4;
+    pub const APIKEY: u8 = 8;
+
+    pub fn insert(&mut self, bit: u8) {
+        self.0 |= bit;
+    }
+
+    pub fn contains(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// `sni,host,token,apikey` order, as sent in `x-tenant-source`.
+    pub fn header_value(self) -> HeaderValue {
+        static VALUES: [HeaderValue; 16] = {
+            const fn v(s: &'static str) -> HeaderValue {
+                HeaderValue::from_static(s)
+            }
+            [
+                v(""),
+                v("sni"),
+                v("host"),
+                v("sni,host"),
+                v("token"),
+                v("sni,token"),
+                v("host,token"),
+                v("sni,host,token"),
+                v("apikey"),
+                v("sni,apikey"),
+                v("host,apikey"),
+                v("sni,host,apikey"),
+                v("token,apikey"),
+                v("sni,token,apikey"),
+                v("host,token,apikey"),
+                v("sni,host,token,apikey"),
+            ]
+        };
+        VALUES[(self.0 & 0xf) as usize].clone()
+    }
+}
+
+/// Who the request is for, and how we know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant: TenantId,
+    pub sources: SourceSet,
+}
+
+/// The host a request names, port stripped: `:authority` / absolute-form URI first
+/// (RFC 9112 §3.2.2), else the Host header. Two Host headers or a malformed one → 400.
+pub fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, GatewayError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => match header {
+            Some(v) => v
+                .to_str()
+                .map_err(|_| GatewayError::BadRequest("invalid Host header"))?,
+            None => return Ok(None),
+        },
+    };
+    let host = strip_port(raw).ok_or(GatewayError::BadRequest("invalid Host header"))?;
+    Ok(Some(host))
+}
+
+/// `name[:port]` → `name`; `[v6]:port` → `[v6]`. `None` for characters a host cannot hold.
+pub fn strip_port(authority: &str) -> Option<&str> {
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let rest = &authority[end + 1..];
+        if !(rest.is_empty() || rest.starts_with(':')) {
+            return None;
+        }
+        &authority[..=end]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return None,
+            None => authority,
+        }
+    };
+    let ok = !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        });
+    ok.then_some(host)
+}
+
+/// Resolves the tenant from SNI and Host; a suspended tenant is refused here.
+///
+/// A source that names no tenant (e.g. SNI for a shared API host) abstains; two sources that
+/// name different tenants are a 421. With no source naming a tenant: 404.
+pub fn resolve_tenant(
+    snap: &Snapshot,
+    sni: Option<&str>,
+    host: Option<&str>,
+) -> Result<Option<Identity>, GatewayError> {
+    let mut sources = SourceSet::default();
+    let by_sni = sni
+        .filter(|_| snap.sources.sni)
+        .and_then(|s| snap.tenant_for_host(s));
+    let by_host = host
+        .filter(|_| snap.sources.host)
+        .and_then(|h| snap.tenant_for_host(h));
+    let tenant = match (by_sni, by_host) {
+        (Some(a), Some(b)) if a != b => return Err(GatewayError::Misdirected),
+        (Some(a), b) => {
+            sources.insert(SourceSet::SNI);
+            if b.is_some() {
+                sources.insert(SourceSet::HOST);
+            }
+            a
+        }
+        (None, Some(b)) => {
+            sources.insert(SourceSet::HOST);
+            b
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Identity { tenant, sources }))
+}
+
+/// The last check of the identity phases: a tenant must have been found and be active.
+pub fn admit_status(snap: &Snapshot, id: Option<Identity>) -> Result<Identity, GatewayError> {
+    let id = id.ok_or(GatewayError::UnknownTenant)?;
+    match snap.tenant(id.tenant).status {
+        TenantStatus::Active => Ok(id),
+        TenantStatus::Suspended => Err(GatewayError::TenantSuspended),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports_and_rejects_garbage() {
+        assert_eq!(strip_port("acme.gw.test:8443"), Some("acme.gw.test"));
+        assert_eq!(strip_port("acme.gw.test"), Some("acme.gw.test"));
+        assert_eq!(strip_port("[::1]:80"), Some("[::1]"));
+        assert_eq!(strip_port("a.b:x"), None);
+        assert_eq!(strip_port("user@a.b"), None);
+        assert_eq!(strip_port("a b"), None);
+        assert_eq!(strip_port(""), None);
+        assert_eq!(strip_port(":80"), None);
+        assert_eq!(strip_port("[::1]x"), None);
+    }
+
+    #[test]
+    fn source_header_lists_sources_in_order() {
+        let mut s = SourceSet::default();
+        s.insert(SourceSet::TOKEN);
+        s.insert(SourceSet::SNI);
+        assert_eq!(s.header_value(), "sni,token");
+    }
+}
