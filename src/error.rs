@@ -111,7 +111,9 @@ impl GatewayError {
     fn message(&self) -> &'static str {
         match self {
             Self::UnknownTenant => "no tenant could be identified for this request",
-            Self::Misdirected => "the TLS server name and the Host header point to different tenants",
+            Self::Misdirected => {
+                "the TLS server name and the Host header point to different tenants"
+            }
             Self::TenantMismatch => "the token's tenant does not match the requested tenant",
             Self::InvalidToken => "the bearer token is not valid",
             Self::TokenRequired => "this route requires a bearer token",
