@@ -43,6 +43,8 @@ pub enum GatewayError {
     InvalidToken,
     #[error("route requires a token")]
     TokenRequired,
+    #[error("API key present but unknown")]
+    InvalidApiKey,
     #[error("tenant suspended")]
     TenantSuspended,
     #[error("over rate limit")]
@@ -72,6 +74,7 @@ impl GatewayError {
             Self::TenantMismatch => StatusCode::FORBIDDEN,
             Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::TokenRequired => StatusCode::UNAUTHORIZED,
+            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::TenantSuspended => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TenantOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,6 +98,7 @@ impl GatewayError {
             Self::TenantMismatch => "tenant_mismatch",
             Self::InvalidToken => "invalid_token",
             Self::TokenRequired => "invalid_token",
+            Self::InvalidApiKey => "invalid_api_key",
             Self::TenantSuspended => "tenant_suspended",
             Self::RateLimited { .. } => "rate_limited",
             Self::TenantOverloaded { .. } => "tenant_overloaded",
@@ -117,6 +121,7 @@ impl GatewayError {
             Self::TenantMismatch => "the token's tenant does not match the requested tenant",
             Self::InvalidToken => "the bearer token is not valid",
             Self::TokenRequired => "this route requires a bearer token",
+            Self::InvalidApiKey => "the API key is not valid",
             Self::TenantSuspended => "the tenant is suspended",
             Self::RateLimited { .. } => "rate limit exceeded",
             Self::TenantOverloaded { .. } => "too many concurrent requests for this tenant",
@@ -175,6 +180,7 @@ mod tests {
             (GatewayError::TenantMismatch, 403, "tenant_mismatch"),
             (GatewayError::InvalidToken, 401, "invalid_token"),
             (GatewayError::TokenRequired, 401, "invalid_token"),
+            (GatewayError::InvalidApiKey, 401, "invalid_api_key"),
             (GatewayError::TenantSuspended, 403, "tenant_suspended"),
             (
                 GatewayError::RateLimited { retry_after: d },

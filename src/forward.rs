@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderName, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -25,6 +25,8 @@ pub struct Forwarding<'a> {
     pub tenant: &'a Tenant,
     pub identity: Identity,
     pub subject: Option<&'a HeaderValue>,
+    /// `token.forward_claims` headers (not covered by the signature).
+    pub claims: &'a [(HeaderName, HeaderValue)],
     pub request_id: &'a HeaderValue,
 }
 
@@ -69,6 +71,9 @@ pub fn rewrite_request_head(
     headers.insert(names.source.clone(), fwd.identity.sources.header_value());
     if let Some(sub) = fwd.subject {
         headers.insert(names.subject.clone(), sub.clone());
+    }
+    for (name, value) in fwd.claims {
+        headers.insert(name.clone(), value.clone());
     }
     let authority_str = authority
         .to_str()

@@ -31,6 +31,7 @@ pub mod signing;
 pub mod snapshot;
 pub mod tenant;
 pub mod tls;
+pub mod token;
 pub mod upstream;
 
 pub use error::GatewayError;

@@ -21,8 +21,10 @@ use crate::forward::{Forwarding, forward};
 use crate::gateway::Gateway;
 use crate::headers::forwarding;
 use crate::route::select_route;
+use crate::signing::unix_now;
 use crate::snapshot::Snapshot;
-use crate::tenant::{admit_status, request_host, resolve_tenant};
+use crate::tenant::{admit_status, agree, apikey_tenant, request_host, resolve_tenant};
+use crate::token::TokenAuth;
 
 /// What the accept phase learned about a connection, shared by its requests.
 #[derive(Debug)]
@@ -81,23 +83,32 @@ async fn run_phases(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    // resolve tenant
+    // resolve tenant (connection sources)
     let host = request_host(&req)?;
-    let identity = resolve_tenant(snap, conn.sni.as_deref(), host)?;
+    let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
+    // authenticate token (and API key)
+    let claims = match (&snap.token, TokenAuth::bearer(req.headers())?) {
+        (Some(auth), Some(token)) => Some(auth.authenticate(token, unix_now())?),
+        _ => None,
+    };
+    let by_key = apikey_tenant(snap, &req)?;
+    let identity = agree(snap, by_conn, claims.as_ref(), by_key)?;
     let identity = admit_status(snap, identity)?;
     let tenant = snap.tenant(identity.tenant);
     // route
     let route = select_route(snap, tenant, req.uri().path())?;
-    if route.require_token || route.require_apikey {
-        // Token and API-key identity are not wired in yet: a route that insists on one
-        // refuses every request rather than letting it through unauthenticated.
+    if route.require_token && claims.is_none() {
         return Err(GatewayError::TokenRequired);
+    }
+    if route.require_apikey && by_key.is_none() {
+        return Err(GatewayError::InvalidApiKey);
     }
     // forward
     let fwd = Forwarding {
         tenant,
         identity,
-        subject: None,
+        subject: claims.as_ref().and_then(|c| c.subject.as_ref()),
+        claims: claims.as_ref().map_or(&[], |c| c.forwarded.as_slice()),
         request_id,
     };
     forward(gw.client(), snap, conn, &fwd, route, req).await

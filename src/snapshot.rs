@@ -15,6 +15,7 @@ use http::HeaderValue;
 use crate::headers::TenantHeaderNames;
 use crate::signing::SigningKey;
 use crate::tls::CertStore;
+use crate::token::TokenAuth;
 use crate::upstream::UpstreamPool;
 
 /// Index of a tenant in `Snapshot::tenants`.
@@ -38,6 +39,18 @@ pub struct Snapshot {
     pub upstreams: HashMap<Box<str>, Arc<UpstreamPool>>,
     pub certs: CertStore,
     pub signing: Signing,
+    /// Tenant name → id, for tenants named by a token.
+    pub tenant_ids: HashMap<Box<str>, TenantId>,
+    /// JWT checking, when `token:` is configured.
+    pub token: Option<TokenAuth>,
+    /// API keys by SHA-256, when `apikey:` is configured.
+    pub apikeys: Option<ApiKeys>,
+}
+
+#[derive(Debug)]
+pub struct ApiKeys {
+    pub header: http::HeaderName,
+    pub by_hash: HashMap<[u8; 32], TenantId>,
 }
 
 impl Snapshot {

@@ -7,6 +7,7 @@ use http::{HeaderValue, Request};
 
 use crate::error::GatewayError;
 use crate::snapshot::{Snapshot, TenantId, TenantStatus};
+use crate::token::TokenClaims;
 
 /// The sources that named the tenant, as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +142,76 @@ pub fn resolve_tenant(
         (None, None) => return Ok(None),
     };
     Ok(Some(Identity { tenant, sources }))
+}
+
+/// Adds the token's and the API key's tenants to what SNI/Host said: every source that names a
+/// tenant must name the same one (403 `tenant_mismatch` otherwise). A token naming a tenant
+/// that is not configured is `unknown_tenant`, like any other unknown tenant.
+pub fn agree(
+    snap: &Snapshot,
+    conn: Option<Identity>,
+    token: Option<&TokenClaims>,
+    apikey: Option<TenantId>,
+) -> Result<Option<Identity>, GatewayError> {
+    let mut identity = conn;
+    if let Some(claims) = token {
+        let t = *snap
+            .tenant_ids
+            .get(&*claims.tenant)
+            .ok_or(GatewayError::UnknownTenant)?;
+        identity = Some(join(identity, t, SourceSet::TOKEN, snap.sources.token)?);
+    }
+    if let Some(t) = apikey {
+        identity = Some(join(identity, t, SourceSet::APIKEY, snap.sources.apikey)?);
+    }
+    match identity {
+        // A token or key whose source may not identify a tenant alone only corroborates.
+        Some(id) if id.sources == SourceSet::default() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+fn join(
+    current: Option<Identity>,
+    tenant: TenantId,
+    bit: u8,
+    may_identify: bool,
+) -> Result<Identity, GatewayError> {
+    match current {
+        Some(id) if id.tenant != tenant => Err(GatewayError::TenantMismatch),
+        Some(mut id) => {
+            id.sources.insert(bit);
+            Ok(id)
+        }
+        None => {
+            let mut sources = SourceSet::default();
+            if may_identify {
+                sources.insert(bit);
+            }
+            Ok(Identity { tenant, sources })
+        }
+    }
+}
+
+/// The tenant an API key belongs to: `Ok(None)` without the header, 401 for an unknown key.
+pub fn apikey_tenant<B>(
+    snap: &Snapshot,
+    req: &Request<B>,
+) -> Result<Option<TenantId>, GatewayError> {
+    let Some(keys) = &snap.apikeys else {
+        return Ok(None);
+    };
+    let Some(value) = req.headers().get(&keys.header) else {
+        return Ok(None);
+    };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    keys.by_hash
+        .get(&hash)
+        .copied()
+        .map(Some)
+        .ok_or(GatewayError::InvalidApiKey)
 }
 
 /// The last check of the identity phases: a tenant must have been found and be active.

@@ -16,7 +16,9 @@ use crate::headers::TenantHeaderNames;
 use crate::signing::SigningKey;
 use crate::snapshot::*;
 use crate::tls::{CertStore, LoadedCert, load_cert};
+use crate::token::{self, TokenAuth};
 use crate::upstream::{Balance, Endpoint, UpstreamPool};
+use jsonwebtoken::DecodingKey;
 
 const DEFAULT_CONNECT_MS: u64 = 5_000;
 const DEFAULT_REQUEST_MS: u64 = 30_000;
@@ -58,6 +60,8 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut hosts: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut host_owner: HashMap<Box<str>, String> = HashMap::new();
+    let mut api_keys: HashMap<[u8; 32], TenantId> = HashMap::new();
+    let mut tenant_ids: HashMap<Box<str>, TenantId> = HashMap::new();
     for (name, t) in &raw.tenants {
         let path = format!("tenants.{name}");
         let id = tenants.len() as TenantId;
@@ -108,13 +112,23 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                 .into_boxed_slice()
         });
         for (i, k) in t.api_keys_sha256.iter().enumerate() {
-            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
-                c.err(
-                    format!("{path}.api_keys_sha256[{i}]"),
+            let kpath = format!("{path}.api_keys_sha256[{i}]");
+            match decode_sha256_hex(k) {
+                Some(hash) => {
+                    if api_keys.insert(hash, id).is_some_and(|other| other != id) {
+                        c.err(
+                            kpath,
+                            "this API key hash is already listed by another tenant",
+                        );
+                    }
+                }
+                None => c.err(
+                    kpath,
                     "must be 64 hex digits (the SHA-256 of the key, never the key)",
-                );
+                ),
             }
         }
+        tenant_ids.insert(name.as_str().into(), id);
         tenants.push(Tenant {
             name: name.as_str().into(),
             plan: t.plan.as_str().into(),
@@ -135,7 +149,32 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             "a TLS listener needs certificates: set tls.default_certificate or a tenant's tls",
         );
     }
-    c.token(raw);
+    let token = raw
+        .token
+        .as_ref()
+        .and_then(|t| c.token(t, &raw.signing.header_prefix));
+    let apikeys =
+        raw.apikey
+            .as_ref()
+            .and_then(|a| match HeaderName::from_bytes(a.header.as_bytes()) {
+                Ok(header) => Some(ApiKeys {
+                    header,
+                    by_hash: std::mem::take(&mut api_keys),
+                }),
+                Err(_) => {
+                    c.err(
+                        "apikey.header",
+                        format!("invalid header name {:?}", a.header),
+                    );
+                    None
+                }
+            });
+    if raw.apikey.is_none() && !api_keys.is_empty() {
+        c.err(
+            "apikey",
+            "tenants list api_keys_sha256 but apikey.header is not configured",
+        );
+    }
 
     let signing = signing.map(|(active, keys)| Signing {
         active,
@@ -164,6 +203,9 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             upstreams,
             certs,
             signing,
+            tenant_ids,
+            token,
+            apikeys,
         }),
         _ => Err(c.errors),
     }
@@ -607,33 +649,138 @@ impl Compiler {
         loaded
     }
 
-    /// Token settings are checked for shape here; verification is the identity phase's.
-    fn token(&mut self, raw: &RawConfig) {
-        if let Some(t) = &raw.token {
-            if t.tenant_claim.is_empty() {
-                self.err("token.tenant_claim", "must not be empty");
-            }
-            for (i, k) in t.keys.iter().enumerate() {
-                let set = [
-                    k.public_key_file.is_some(),
-                    k.secret_env.is_some(),
-                    k.secret_file.is_some(),
-                ];
-                if set.iter().filter(|x| **x).count() != 1 {
-                    self.err(
-                        format!("token.keys[{i}]"),
-                        "set exactly one of public_key_file, secret_env, secret_file",
-                    );
-                }
+    /// Compiles `token:`: algorithms, keys (PEM public keys, HMAC secrets, JWKS file), the
+    /// explicit validation rules, and the claims to forward.
+    fn token(&mut self, t: &RawToken, header_prefix: &str) -> Option<TokenAuth> {
+        let errors_before = self.errors.0.len();
+        if t.tenant_claim.is_empty() {
+            self.err("token.tenant_claim", "must not be empty");
+        }
+        let mut allowed = Vec::new();
+        for (i, a) in t.algorithms.iter().enumerate() {
+            match token::parse_algorithm(a) {
+                Some(alg) => allowed.push(alg),
+                None => self.err(
+                    format!("token.algorithms[{i}]"),
+                    format!("unsupported algorithm {a:?} (none is never allowed)"),
+                ),
             }
         }
-        if let Some(a) = &raw.apikey
-            && HeaderName::from_bytes(a.header.as_bytes()).is_err()
-        {
+        if t.algorithms.is_empty() {
             self.err(
-                "apikey.header",
-                format!("invalid header name {:?}", a.header),
+                "token.algorithms",
+                "list the accepted algorithms, e.g. [RS256, ES256]",
             );
         }
+        let base =
+            token::base_validation(t.issuer.as_deref(), t.audience.as_deref(), t.leeway_seconds);
+        let mut keys = Vec::new();
+        let mut kids = HashSet::new();
+        for (i, k) in t.keys.iter().enumerate() {
+            let path = format!("token.keys[{i}]");
+            if !kids.insert(k.kid.as_str()) {
+                self.err(format!("{path}.kid"), format!("duplicate kid {:?}", k.kid));
+            }
+            let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
+                (Some(file), None, None) => match std::fs::read(file) {
+                    Ok(pem) => DecodingKey::from_rsa_pem(&pem)
+                        .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                        .or_else(|_| DecodingKey::from_ed_pem(&pem))
+                        .map_err(|_| {
+                            self.err(
+                                format!("{path}.public_key_file"),
+                                format!(
+                                    "{} is not an RSA, EC or Ed25519 public key in PEM",
+                                    file.display()
+                                ),
+                            )
+                        })
+                        .ok(),
+                    Err(e) => {
+                        self.err(
+                            format!("{path}.public_key_file"),
+                            format!("cannot read {}: {e}", file.display()),
+                        );
+                        None
+                    }
+                },
+                (None, env, file) if env.is_some() != file.is_some() => self
+                    .secret(&path, env.as_deref(), file.as_deref())
+                    .map(|s| DecodingKey::from_secret(&s)),
+                _ => {
+                    self.err(
+                        &path,
+                        "set exactly one of public_key_file, secret_env, secret_file",
+                    );
+                    None
+                }
+            };
+            if let Some(key) = key {
+                keys.push((k.kid.clone(), key));
+            }
+        }
+        let jwks = t.jwks_file.as_ref().and_then(|file| {
+            match std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|text| token::jwks_keys(&text, &base, &allowed))
+            {
+                Ok(keys) => Some((file.clone(), keys)),
+                Err(e) => {
+                    self.err("token.jwks_file", e);
+                    None
+                }
+            }
+        });
+        if t.jwks_url.is_some() {
+            self.err(
+                "token.jwks_url",
+                "jwks_url is not supported yet: have your deployment sync the set to jwks_file (it is re-read on an unknown kid)",
+            );
+        }
+        if t.keys.is_empty() && t.jwks_file.is_none() {
+            self.err("token", "configure keys or jwks_file");
+        }
+        let mut forward = Vec::new();
+        for (i, claim) in t.forward_claims.iter().enumerate() {
+            let ok = !claim.is_empty()
+                && claim
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            match HeaderName::from_bytes(
+                format!(
+                    "{header_prefix}-claim-{}",
+                    claim.to_ascii_lowercase().replace('_', "-")
+                )
+                .as_bytes(),
+            ) {
+                Ok(h) if ok => forward.push((claim.clone(), h)),
+                _ => self.err(
+                    format!("token.forward_claims[{i}]"),
+                    format!("claim name {claim:?} must be [A-Za-z0-9_-]+"),
+                ),
+            }
+        }
+        if self.errors.0.len() != errors_before {
+            return None;
+        }
+        match TokenAuth::new(&t.tenant_claim, allowed, base, keys, jwks, forward) {
+            Ok(auth) => Some(auth),
+            Err(e) => {
+                self.err("token.keys", e);
+                None
+            }
+        }
     }
+}
+
+/// 64 hex digits → 32 bytes.
+fn decode_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

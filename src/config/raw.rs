@@ -142,6 +142,9 @@ pub struct RawToken {
     pub jwks_url: Option<String>,
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Claims sent upstream as `<prefix>-claim-<name>` headers (not covered by the signature).
+    #[serde(default)]
+    pub forward_claims: Vec<String>,
 }
 
 fn default_tenant_claim() -> String {

@@ -1,0 +1,477 @@
+//! Phase "authenticate token": the tenant from a JWT in `Authorization: Bearer`, strictly
+//! validated, with a bounded cache of verified tokens.
+//!
+//! Validation is set explicitly, never left to the library's defaults: signature; `alg` in the
+//! configured allow-list *and* of the key's family (an HS256 token cannot be checked against an
+//! RSA public key); `exp` required; `nbf` checked when present; `iss` and `aud` required and
+//! checked when configured; the configured leeway. `kid` is only ever a map key.
+//!
+//! Keys come from `token.keys` (PEM public keys, HMAC secrets) and `token.jwks_file`. The JWKS
+//! file is re-read when a token names a `kid` nobody knows (at most once per
+//! [`JWKS_REFRESH_INTERVAL`]), so a key added by the identity provider is picked up without a
+//! reload; a file that fails to read or parse keeps the last good set.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::error::GatewayError;
+
+/// Largest `Authorization` header decoded; anything longer is refused before parsing.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+/// How often an unknown `kid` may trigger a re-read of the JWKS file.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Verified tokens kept at most.
+pub const CACHE_CAPACITY: usize = 65_536;
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub tenant: Box<str>,
+    /// `sub`, ready to send as `x-tenant-subject`.
+    pub subject: Option<HeaderValue>,
+    /// Forwarded claims (`token.forward_claims`), as (header, value).
+    pub forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// `exp`, Unix seconds.
+    pub exp: u64,
+}
+
+/// One verification key with the validation rules that go with it.
+pub struct VerifyKey {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Everything needed to check tokens; compiled from `token:` and held in the snapshot.
+pub struct TokenAuth {
+    tenant_claim: Box<str>,
+    allowed: Vec<Algorithm>,
+    base: Validation,
+    keys: HashMap<String, VerifyKey>,
+    jwks: Option<JwksFile>,
+    forward_claims: Vec<(String, HeaderName)>,
+    cache: TokenCache,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("tenant_claim", &self.tenant_claim)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validation rules of a key: the configured algorithms restricted to the key's family.
+fn validation_for(
+    base: &Validation,
+    allowed: &[Algorithm],
+    key: &DecodingKey,
+) -> Option<Validation> {
+    let family = key.family();
+    let algorithms: Vec<Algorithm> = allowed
+        .iter()
+        .copied()
+        .filter(|a| a.family() == family)
+        .collect();
+    if algorithms.is_empty() {
+        return None;
+    }
+    let mut v = base.clone();
+    v.algorithms = algorithms;
+    Some(v)
+}
+
+/// Parses an algorithm name from the config.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    let alg = match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    };
+    Some(alg)
+}
+
+/// The validation every key starts from.
+pub fn base_validation(issuer: Option<&str>, audience: Option<&str>, leeway: u64) -> Validation {
+    let mut v = Validation::new(Algorithm::HS256);
+    let mut required = vec!["exp"];
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            v.validate_aud = true;
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// A JWKS file, its keys, and when it was last read.
+struct JwksFile {
+    path: PathBuf,
+    keys: ArcSwap<HashMap<String, VerifyKey>>,
+    last_read: Mutex<Instant>,
+    generation: AtomicU64,
+}
+
+/// Loads the verification keys of a JWKS document (keys without `kid` or of a disallowed
+/// algorithm family are skipped).
+pub fn jwks_keys(
+    text: &str,
+    base: &Validation,
+    allowed: &[Algorithm],
+) -> Result<HashMap<String, VerifyKey>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let mut out = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        if let Some(validation) = validation_for(base, allowed, &key) {
+            out.insert(kid, VerifyKey { key, validation });
+        }
+    }
+    Ok(out)
+}
+
+impl TokenAuth {
+    /// Builds the checker. `keys` are (kid, key); `jwks_file` is read now and on unknown `kid`s.
+    pub fn new(
+        tenant_claim: &str,
+        allowed: Vec<Algorithm>,
+        base: Validation,
+        keys: Vec<(String, DecodingKey)>,
+        jwks_file: Option<(PathBuf, HashMap<String, VerifyKey>)>,
+        forward_claims: Vec<(String, HeaderName)>,
+    ) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for (kid, key) in keys {
+            let validation = validation_for(&base, &allowed, &key).ok_or_else(|| {
+                format!("key {kid:?}: none of the configured algorithms fits this key type")
+            })?;
+            map.insert(kid, VerifyKey { key, validation });
+        }
+        Ok(Self {
+            tenant_claim: tenant_claim.into(),
+            allowed,
+            base,
+            keys: map,
+            jwks: jwks_file.map(|(path, keys)| JwksFile {
+                path,
+                keys: ArcSwap::from_pointee(keys),
+                // The first unknown kid may re-read at once; then at most once per interval.
+                last_read: Mutex::new(
+                    Instant::now()
+                        .checked_sub(JWKS_REFRESH_INTERVAL)
+                        .unwrap_or_else(Instant::now),
+                ),
+                generation: AtomicU64::new(0),
+            }),
+            forward_claims,
+            cache: TokenCache::new(CACHE_CAPACITY),
+        })
+    }
+
+    /// The bearer token of a request, if any. `Err` for an oversized or non-ASCII header.
+    pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+        let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        if v.len() > MAX_AUTHORIZATION_BYTES {
+            return Err(GatewayError::InvalidToken);
+        }
+        let v = v.to_str().map_err(|_| GatewayError::InvalidToken)?;
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            // Another scheme (Basic, ...) is the upstream's business.
+            return Ok(None);
+        }
+        match token.trim() {
+            "" => Err(GatewayError::InvalidToken),
+            token => Ok(Some(token)),
+        }
+    }
+
+    /// Checks a token at `now` (Unix seconds): from the cache when it was verified before and
+    /// has not expired, else by signature and claims.
+    pub fn authenticate(&self, token: &str, now: u64) -> Result<TokenClaims, GatewayError> {
+        let digest = digest(token);
+        if let Some(hit) = self.cache.get(&digest, now) {
+            return Ok(hit);
+        }
+        let claims = self.verify(token)?;
+        if claims.exp > now {
+            self.cache.insert(digest, claims.clone(), now);
+        }
+        Ok(claims)
+    }
+
+    fn verify(&self, token: &str) -> Result<TokenClaims, GatewayError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::InvalidToken)?;
+        if !self.allowed.contains(&header.alg) {
+            return Err(GatewayError::InvalidToken);
+        }
+        let data = match header.kid.as_deref() {
+            Some(kid) => self.verify_with_kid(token, kid)?,
+            // No kid: only unambiguous with exactly one static key and no JWKS.
+            None if self.keys.len() == 1 && self.jwks.is_none() => {
+                let k = self
+                    .keys
+                    .values()
+                    .next()
+                    .ok_or(GatewayError::InvalidToken)?;
+                decode(token, k)?
+            }
+            None => return Err(GatewayError::InvalidToken),
+        };
+        self.claims(data)
+    }
+
+    fn verify_with_kid(
+        &self,
+        token: &str,
+        kid: &str,
+    ) -> Result<serde_json::Map<String, Value>, GatewayError> {
+        if let Some(k) = self.keys.get(kid) {
+            return decode(token, k);
+        }
+        let Some(jwks) = &self.jwks else {
+            return Err(GatewayError::InvalidToken);
+        };
+        if let Some(k) = jwks.keys.load().get(kid) {
+            return decode(token, k);
+        }
+        // Unknown kid: maybe the identity provider rotated. Re-read, rate-limited.
+        if self.refresh_jwks(jwks) {
+            if let Some(k) = jwks.keys.load().get(kid) {
+                return decode(token, k);
+            }
+        }
+        Err(GatewayError::InvalidToken)
+    }
+
+    /// Re-reads the JWKS file if the last read is old enough; true if the key set changed.
+    fn refresh_jwks(&self, jwks: &JwksFile) -> bool {
+        {
+            let Ok(mut last) = jwks.last_read.try_lock() else {
+                return false;
+            };
+            if last.elapsed() < JWKS_REFRESH_INTERVAL {
+                return false;
+            }
+            *last = Instant::now();
+        }
+        match std::fs::read_to_string(&jwks.path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| jwks_keys(&t, &self.base, &self.allowed))
+        {
+            Ok(keys) => {
+                tracing::info!(path = %jwks.path.display(), keys = keys.len(), "JWKS re-read");
+                jwks.keys.store(keys.into());
+                jwks.generation.fetch_add(1, Ordering::Relaxed);
+                // A key may have been withdrawn: forget what it verified.
+                self.cache.clear();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %jwks.path.display(), error = %e, "JWKS re-read failed; keeping the last good set");
+                false
+            }
+        }
+    }
+
+    fn claims(&self, mut c: serde_json::Map<String, Value>) -> Result<TokenClaims, GatewayError> {
+        let tenant = match c.remove(&*self.tenant_claim) {
+            Some(Value::String(t)) if !t.is_empty() => t.into_boxed_str(),
+            _ => return Err(GatewayError::InvalidToken),
+        };
+        let subject = match c.get("sub") {
+            Some(Value::String(s)) => {
+                Some(HeaderValue::from_str(s).map_err(|_| GatewayError::InvalidToken)?)
+            }
+            None => None,
+            Some(_) => return Err(GatewayError::InvalidToken),
+        };
+        let exp = c
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(GatewayError::InvalidToken)?;
+        let mut forwarded = Vec::new();
+        for (claim, header) in &self.forward_claims {
+            let text = match c.get(claim) {
+                Some(Value::String(s)) => s.clone(),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+                _ => continue,
+            };
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                forwarded.push((header.clone(), v));
+            }
+        }
+        Ok(TokenClaims {
+            tenant,
+            subject,
+            forwarded,
+            exp,
+        })
+    }
+
+    /// Entries in the verified-token cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.map.len()
+    }
+}
+
+fn decode(token: &str, k: &VerifyKey) -> Result<serde_json::Map<String, Value>, GatewayError> {
+    jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &k.validation)
+        .map(|d| d.claims)
+        .map_err(|_| GatewayError::InvalidToken)
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+// === impl TokenCache ===
+
+/// Verified tokens by the SHA-256 of the token text. An entry is never returned at or after
+/// its token's `exp`; at capacity, expired entries are swept and, if that frees nothing, the
+/// new token is simply not cached.
+pub struct TokenCache {
+    map: DashMap<[u8; 32], TokenClaims>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<TokenClaims> {
+        let hit = self.map.get(key)?;
+        if hit.exp > now {
+            return Some(hit.clone());
+        }
+        drop(hit);
+        self.map.remove(key);
+        None
+    }
+
+    pub fn insert(&self, key: [u8; 32], claims: TokenClaims, now: u64) {
+        if self.map.len() >= self.capacity {
+            self.map.retain(|_, c| c.exp > now);
+            if self.map.len() >= self.capacity {
+                return;
+            }
+        }
+        self.map.insert(key, claims);
+    }
+
+    pub fn clear(&self) {
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> TokenClaims {
+        TokenClaims {
+            tenant: "acme".into(),
+            subject: None,
+            forwarded: Vec::new(),
+            exp,
+        }
+    }
+
+    #[test]
+    fn cache_never_returns_a_token_at_or_after_its_exp() {
+        let cache = TokenCache::new(8);
+        cache.insert([1; 32], claims(1_000), 900);
+        assert!(cache.get(&[1; 32], 999).is_some());
+        assert!(cache.get(&[1; 32], 1_000).is_none());
+        assert!(
+            cache.get(&[1; 32], 999).is_none(),
+            "expired entry was removed"
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded_and_sweeps_expired_entries() {
+        let cache = TokenCache::new(2);
+        cache.insert([1; 32], claims(100), 0);
+        cache.insert([2; 32], claims(1_000), 0);
+        cache.insert([3; 32], claims(1_000), 0);
+        assert_eq!(cache.len(), 2, "full: the third is not cached");
+        // Later, the first has expired: inserting sweeps it.
+        cache.insert([3; 32], claims(1_000), 500);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&[3; 32], 500).is_some());
+        assert!(cache.get(&[1; 32], 50).is_none());
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive_and_size_capped() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "bearer abc.def.ghi".parse().expect("v"));
+        assert_eq!(TokenAuth::bearer(&h), Ok(Some("abc.def.ghi")));
+        h.insert("authorization", "Basic Zm9v".parse().expect("v"));
+        assert_eq!(TokenAuth::bearer(&h), Ok(None));
+        h.insert("authorization", "Bearer".parse().expect("v"));
+        assert_eq!(TokenAuth::bearer(&h), Err(GatewayError::InvalidToken));
+        h.insert(
+            "authorization",
+            format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_BYTES))
+                .parse()
+                .expect("v"),
+        );
+        assert_eq!(TokenAuth::bearer(&h), Err(GatewayError::InvalidToken));
+    }
+}
