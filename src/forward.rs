@@ -14,11 +14,15 @@ use hyper::body::Incoming;
 use crate::body::{self, BoxError, ProxyBody};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::{forwarding, hop};
+use crate::limits::TenantStats;
 use crate::proxy::ConnInfo;
 use crate::signing::{SignedFields, unix_now};
 use crate::snapshot::{Route, Snapshot, Tenant};
 use crate::tenant::Identity;
 use crate::upstream::UpstreamClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What the identity phases learned, for the signed headers.
 pub struct Forwarding<'a> {
@@ -99,6 +103,10 @@ pub fn rewrite_request_head(
 }
 
 /// Sends the rewritten request to an endpoint of the route's pool and streams the answer back.
+///
+/// `permit` (the tenant's concurrency slot) is held until the response body has been sent.
+/// A body over the tenant's `max_body_bytes` is refused up front when `Content-Length` says so,
+/// and cut off (never forwarded whole) when it grows past the limit while streaming.
 pub async fn forward(
     client: &UpstreamClient,
     snap: &Snapshot,
@@ -106,8 +114,25 @@ pub async fn forward(
     fwd: &Forwarding<'_>,
     route: &Route,
     req: Request<Incoming>,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    let limits = &fwd.tenant.limits;
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = match limits.max_body_bytes {
+        Some(max) => {
+            if content_length(&parts.headers).is_some_and(|len| len > max) {
+                TenantStats::bump(&fwd.tenant.stats.body_too_large);
+                return Err(GatewayError::BodyTooLarge);
+            }
+            body::stream(LimitedBody {
+                inner: body,
+                remaining: max,
+                exceeded: exceeded.clone(),
+            })
+        }
+        None => body::stream(body),
+    };
     rewrite_request_head(snap, conn, fwd, &mut parts)?;
 
     let (endpoint, in_flight) = route
@@ -130,11 +155,25 @@ pub async fn forward(
         Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?;
     // Upstreams speak HTTP/1.1 here whatever the client spoke.
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body::stream(body));
+    let upstream_req = Request::from_parts(parts, body);
 
-    let deadline = fwd.tenant.limits.request_timeout;
-    let resp = match tokio::time::timeout(deadline, client.request(upstream_req)).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
+    // Dropping the request future on timeout drops its upstream connection too: a connection
+    // with a request in flight is never returned to the pool.
+    let resp = match tokio::time::timeout(limits.request_timeout, client.request(upstream_req))
+        .await
+    {
+        Err(_) => {
+            TenantStats::bump(&fwd.tenant.stats.timed_out);
+            return Err(GatewayError::UpstreamTimeout);
+        }
+        Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+            TenantStats::bump(&fwd.tenant.stats.body_too_large);
+            return Err(GatewayError::BodyTooLarge);
+        }
+        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
+            TenantStats::bump(&fwd.tenant.stats.timed_out);
+            return Err(GatewayError::UpstreamTimeout);
+        }
         Ok(Err(e)) => {
             let kind = if e.is_connect() {
                 UpstreamFailure::Connect
@@ -152,9 +191,81 @@ pub async fn forward(
         rparts,
         body::stream(Guarded {
             inner: rbody,
-            _guard: in_flight,
+            _guard: (in_flight, permit),
         }),
     ))
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether an error's cause chain holds an I/O timeout (the connector's connect timeout).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A request body that fails once more than `remaining` bytes have passed, flagging
+/// `exceeded`, so the upstream sees a cut-off body (never a complete one) and the client a 413.
+pub struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(
+                            "request body over the tenant's limit".into()
+                        )));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A body that holds a guard (an in-flight count, later a concurrency permit) until the body

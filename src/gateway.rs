@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -19,7 +22,8 @@ use crate::upstream::{self, UpstreamClient};
 
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    client: UpstreamClient,
+    /// Upstream clients by connect timeout, made on first use; they outlive reloads.
+    clients: DashMap<Duration, UpstreamClient>,
     config_path: Option<PathBuf>,
     generation: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
@@ -30,7 +34,7 @@ impl Gateway {
     pub fn new(snapshot: Snapshot, config_path: Option<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-            client: upstream::client(),
+            clients: DashMap::new(),
             config_path,
             generation: AtomicU64::new(1),
             last_reload_error: Mutex::new(None),
@@ -52,8 +56,15 @@ impl Gateway {
         self.snapshot.clone()
     }
 
-    pub fn client(&self) -> &UpstreamClient {
-        &self.client
+    /// The pooled client whose connect timeout is `connect_timeout`.
+    pub fn client_for(&self, connect_timeout: Duration) -> UpstreamClient {
+        if let Some(c) = self.clients.get(&connect_timeout) {
+            return c.clone();
+        }
+        self.clients
+            .entry(connect_timeout)
+            .or_insert_with(|| upstream::client(connect_timeout))
+            .clone()
     }
 
     /// Number of good loads so far (1 after start).
@@ -87,8 +98,9 @@ impl Gateway {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(next) => {
+            Ok(mut next) => {
                 let current = self.snapshot.load();
+                next.adopt_state(&current);
                 if next.listeners != current.listeners || next.admin != current.admin {
                     tracing::warn!(
                         "listener changes take effect on restart; reload keeps the bound sockets"

@@ -24,6 +24,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod limits;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::forward::{Forwarding, forward};
 use crate::gateway::Gateway;
 use crate::headers::forwarding;
+use crate::limits::{self, RateLimitHeaders, admit};
 use crate::route::select_route;
 use crate::signing::unix_now;
 use crate::snapshot::Snapshot;
@@ -59,15 +60,20 @@ pub async fn handle(
     let snap = gw.snapshot();
     let request_id = forwarding::request_id(req.headers().get(&forwarding::X_REQUEST_ID));
     let method = req.method().clone();
-    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id).await {
+    let mut rl = None;
+    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut rl).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::debug!(request_id = ?request_id, %method, error = %err, "request refused");
             err.into_response()
         }
     };
-    resp.headers_mut()
-        .insert(forwarding::X_REQUEST_ID.clone(), request_id);
+    let headers = resp.headers_mut();
+    headers.insert(forwarding::X_REQUEST_ID.clone(), request_id);
+    if let Some((policy, state)) = rl {
+        headers.insert(limits::RATELIMIT_POLICY.clone(), policy);
+        headers.insert(limits::RATELIMIT.clone(), state);
+    }
     tracing::trace!(
         status = resp.status().as_u16(),
         elapsed_us = started.elapsed().as_micros() as u64,
@@ -82,6 +88,7 @@ async fn run_phases(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    rl: &mut Option<RateLimitHeaders>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
@@ -103,6 +110,8 @@ async fn run_phases(
     if route.require_apikey && by_key.is_none() {
         return Err(GatewayError::InvalidApiKey);
     }
+    // admit (limits)
+    let admission = admit(tenant, rl).await?;
     // forward
     let fwd = Forwarding {
         tenant,
@@ -111,5 +120,6 @@ async fn run_phases(
         claims: claims.as_ref().map_or(&[], |c| c.forwarded.as_slice()),
         request_id,
     };
-    forward(gw.client(), snap, conn, &fwd, route, req).await
+    let client = gw.client_for(tenant.limits.connect_timeout);
+    forward(&client, snap, conn, &fwd, route, req, admission.permit).await
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 
 use crate::headers::TenantHeaderNames;
+use crate::limits::{Concurrency, TenantLimiter, TenantStats};
 use crate::signing::SigningKey;
 use crate::tls::CertStore;
 use crate::token::TokenAuth;
@@ -67,6 +68,29 @@ impl Snapshot {
         &self.tenants[id as usize]
     }
 
+    /// Carries per-tenant state over from the snapshot being replaced: the same limiter `Arc`
+    /// when the rate is unchanged (no fresh burst on reload), the same concurrency slots when the
+    /// cap is unchanged, and the counters always.
+    pub fn adopt_state(&mut self, old: &Snapshot) {
+        for t in &mut self.tenants {
+            let Some(&oid) = old.tenant_ids.get(&t.name) else {
+                continue;
+            };
+            let o = old.tenant(oid);
+            if let (Some(new), Some(prev)) = (&mut t.limiter, &o.limiter)
+                && new.rate == prev.rate
+            {
+                *new = prev.clone();
+            }
+            if let (Some(new), Some(prev)) = (&mut t.concurrency, &o.concurrency)
+                && new.max == prev.max
+            {
+                *new = prev.clone();
+            }
+            t.stats = o.stats.clone();
+        }
+    }
+
     /// Number of distinct routes (global plus per-tenant).
     pub fn route_count(&self) -> usize {
         self.routes.len()
@@ -119,6 +143,8 @@ pub struct TenantLimits {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: Option<u64>,
+    /// How long a request may wait for a concurrency slot; `None`: refuse at once.
+    pub queue: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +164,9 @@ pub struct Tenant {
     /// Precomputed `x-tenant-id` / `x-tenant-plan` values.
     pub id_header: HeaderValue,
     pub plan_header: HeaderValue,
+    pub limiter: Option<Arc<TenantLimiter>>,
+    pub concurrency: Option<Arc<Concurrency>>,
+    pub stats: Arc<TenantStats>,
 }
 
 #[derive(Debug, Clone)]

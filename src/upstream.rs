@@ -97,12 +97,12 @@ impl UpstreamPool {
 /// The pooled client to `http://` upstreams.
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
-/// Builds the shared upstream client: keep-alive pool, TCP_NODELAY, a connect timeout as a
-/// backstop (per-tenant deadlines are applied around each request).
-pub fn client() -> UpstreamClient {
+/// Builds an upstream client with its own keep-alive pool, TCP_NODELAY and the given connect
+/// timeout. The gateway keeps one per distinct `connect_ms` (one per plan, typically).
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    connector.set_connect_timeout(Some(connect_timeout));
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue};
 use super::ConfigErrors;
 use super::raw::*;
 use crate::headers::TenantHeaderNames;
+use crate::limits::{Concurrency, TenantLimiter};
 use crate::signing::SigningKey;
 use crate::snapshot::*;
 use crate::tls::{CertStore, LoadedCert, load_cert};
@@ -136,10 +137,16 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                 RawTenantStatus::Active => TenantStatus::Active,
                 RawTenantStatus::Suspended => TenantStatus::Suspended,
             },
-            limits,
             routes: own_routes,
             id_header: header_value(&mut c, &path, name),
             plan_header: header_value(&mut c, &format!("{path}.plan"), &t.plan),
+            limiter: limits.rate.and_then(TenantLimiter::new).map(Arc::new),
+            concurrency: limits
+                .max_concurrent
+                .filter(|m| *m > 0)
+                .map(|m| Arc::new(Concurrency::new(m))),
+            stats: Arc::default(),
+            limits,
         });
     }
 
@@ -267,6 +274,7 @@ struct PlanFields {
     connect_ms: Option<u64>,
     request_ms: Option<u64>,
     max_body_bytes: Option<u64>,
+    queue_ms: Option<u64>,
 }
 
 struct Compiler {
@@ -474,6 +482,7 @@ impl Compiler {
                         connect_ms: t.connect_ms,
                         request_ms: t.request_ms,
                         max_body_bytes: p.max_body_bytes,
+                        queue_ms: p.queue_ms,
                     },
                 )
             })
@@ -506,6 +515,11 @@ impl Compiler {
             connect_timeout: Duration::from_millis(connect_ms),
             request_timeout: Duration::from_millis(request_ms),
             max_body_bytes: t.max_body_bytes.or(plan.max_body_bytes),
+            queue: t
+                .queue_ms
+                .or(plan.queue_ms)
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         }
     }
 

@@ -225,6 +225,9 @@ pub struct RawPlan {
     pub timeouts: Option<RawTimeouts>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// How long a request may wait for a concurrency slot (default: not at all).
+    #[serde(default)]
+    pub queue_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -283,6 +286,8 @@ pub struct RawTenant {
     pub timeouts: Option<RawTimeouts>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub queue_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

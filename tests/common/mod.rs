@@ -31,6 +31,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body_len: usize,
     pub body_sha256: String,
+    /// False when the body ended in an error (cut off by the gateway or the client).
+    pub body_complete: bool,
 }
 
 /// An in-process upstream that records every request and answers 200 with its own name.
@@ -57,6 +59,11 @@ pub fn sha256_hex(b: &[u8]) -> String {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
+        Self::start_with_delay(name, std::time::Duration::ZERO).await
+    }
+
+    /// An upstream that waits `delay` before answering each request.
+    pub async fn start_with_delay(name: &str, delay: std::time::Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -74,11 +81,9 @@ impl Upstream {
                         let (seen, name) = (seen.clone(), name.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            let collected = body.collect().await.map(|b| b.to_bytes());
+                            let body_complete = collected.is_ok();
+                            let body = collected.unwrap_or_default();
                             seen.lock().expect("lock").push(Seen {
                                 method: parts.method.to_string(),
                                 path: parts
@@ -88,7 +93,9 @@ impl Upstream {
                                 headers: parts.headers.clone(),
                                 body_len: body.len(),
                                 body_sha256: sha256_hex(&body),
+                                body_complete,
                             });
+                            tokio::time::sleep(delay).await;
                             let resp = Response::builder()
                                 .header("x-upstream", name.as_str())
                                 .header("connection", "x-upstream-hop")
