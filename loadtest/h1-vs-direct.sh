@@ -7,30 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
-BIN=${BIN:-target/release/tenant-gateway}
 OUT=loadtest/results/h1-vs-direct-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-body=$(printf 'x%.0s' $(seq 1 100))
-cat > "$work/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19000; location / { return 200 "$body"; } }
-}
-NGX
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
-
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/signing.key"
+source loadtest/lib.sh
+start_upstream 19000
 cat > "$work/gateway.yaml" <<YAML
 version: 1
 listeners: [ { name: http, bind: "127.0.0.1:18080" } ]
@@ -41,8 +21,7 @@ upstreams: { shared: { endpoints: ["http://127.0.0.1:19000"] } }
 routes: [ { path_prefix: /, upstream: shared } ]
 tenants: { acme: { plan: free }, globex: { plan: free } }
 YAML
-RUST_LOG=warn taskset -c 1 "$BIN" run --config "$work/gateway.yaml" & pids+=($!)
-for _ in $(seq 50); do curl -sf -o /dev/null -H 'Host: acme.gw.test' http://127.0.0.1:18080/ && break; sleep 0.1; done
+start_gateway "$work/gateway.yaml" acme.gw.test
 
 rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 for i in $(seq "$RUNS"); do
@@ -50,7 +29,6 @@ for i in $(seq "$RUNS"); do
   taskset -c 0 wrk -t1 -c64 -d10s -H 'Host: acme.gw.test' http://127.0.0.1:18080/ > "$OUT/gateway-$i.txt"
   echo "run $i: direct $(rps "$OUT/direct-$i.txt") req/s, gateway $(rps "$OUT/gateway-$i.txt") req/s"
 done
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 d=$(for f in "$OUT"/direct-*.txt; do rps "$f"; done | median)
 g=$(for f in "$OUT"/gateway-*.txt; do rps "$f"; done | median)
 printf 'median of %s runs: direct %s req/s, gateway %s req/s, ratio %.2f\n' "$RUNS" "$d" "$g" \
