@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::admin;
 use crate::config::{self, ConfigErrors};
+use crate::metrics::Metrics;
 use crate::server;
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamClient};
@@ -27,13 +29,18 @@ pub struct Gateway {
     config_path: Option<PathBuf>,
     generation: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
+    metrics: Metrics,
+    draining: AtomicBool,
 }
 
 impl Gateway {
     /// A gateway serving `snapshot`; `config_path` is what reloads re-read.
     pub fn new(snapshot: Snapshot, config_path: Option<PathBuf>) -> Arc<Self> {
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         Arc::new(Self {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics: Metrics::new(snapshot.clone()),
+            draining: AtomicBool::new(false),
+            snapshot,
             clients: DashMap::new(),
             config_path,
             generation: AtomicU64::new(1),
@@ -65,6 +72,15 @@ impl Gateway {
             .entry(connect_timeout)
             .or_insert_with(|| upstream::client(connect_timeout))
             .clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// True once shutdown has begun: `/readyz` answers 503.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Number of good loads so far (1 after start).
@@ -120,6 +136,8 @@ impl Gateway {
                 self.snapshot.store(Arc::new(next));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
+                Metrics::count(&self.metrics.reloads, "result", "ok");
+                self.metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, hash = %hash, %summary, "config reloaded");
                 Ok(generation)
             }
@@ -128,6 +146,7 @@ impl Gateway {
                     tracing::error!(path = %e.path, error = %e.message, "config reload rejected; keeping the current config");
                 }
                 *last = Some(errors.to_string());
+                Metrics::count(&self.metrics.reloads, "result", "error");
                 Err(errors)
             }
         }
@@ -139,6 +158,7 @@ impl Gateway {
         let tls = server::tls_acceptor(self.snapshot_cell()).map_err(io::Error::other)?;
         let connections = Arc::new(Semaphore::new(snap.limits.max_connections));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (admin_tx, admin_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         for spec in &snap.listeners {
@@ -162,9 +182,20 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
         }
+        if let Some(admin) = snap.admin {
+            let listener = TcpListener::bind(admin)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("admin listener on {admin}: {e}")))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(listener = "admin", %addr, tls = false, "listening");
+            listeners.push(("admin".to_owned(), addr));
+            tasks.spawn(admin::run(listener, self.clone(), admin_rx));
+        }
         Ok(Running {
             listeners,
             shutdown: shutdown_tx,
+            admin_shutdown: admin_tx,
+            gateway: self.clone(),
             tasks,
         })
     }
@@ -174,6 +205,8 @@ impl Gateway {
 pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
+    gateway: Arc<Gateway>,
     tasks: JoinSet<()>,
 }
 
@@ -187,8 +220,17 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    /// `/readyz` answers 503 from the start of the drain; the admin listener closes last.
     pub async fn shutdown(mut self) {
+        self.gateway.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let mut admin_closed = false;
+        while self.tasks.join_next().await.is_some() {
+            // Every listener but the admin one has drained once one task is left.
+            if !admin_closed && self.tasks.len() <= 1 {
+                let _ = self.admin_shutdown.send(true);
+                admin_closed = true;
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`error`]: `GatewayError` and SPEC's status codes.
 //! - [`devcerts`], [`demo`]: throwaway certificates and the newcomer's demo.
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -25,6 +26,7 @@ pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -117,6 +117,8 @@ pub struct TenantStats {
     pub overloaded: AtomicU64,
     pub timed_out: AtomicU64,
     pub body_too_large: AtomicU64,
+    /// Responses by status class and latency (metrics).
+    pub responses: crate::metrics::ResponseStats,
 }
 
 impl TenantStats {

@@ -21,10 +21,12 @@ use crate::forward::{Forwarding, forward};
 use crate::gateway::Gateway;
 use crate::headers::forwarding;
 use crate::limits::{self, RateLimitHeaders, admit};
+use crate::metrics::Metrics;
 use crate::route::select_route;
 use crate::signing::unix_now;
 use crate::snapshot::Snapshot;
-use crate::tenant::{admit_status, agree, apikey_tenant, request_host, resolve_tenant};
+use crate::snapshot::TenantId;
+use crate::tenant::{SourceSet, admit_status, agree, apikey_tenant, request_host, resolve_tenant};
 use crate::token::TokenAuth;
 
 /// What the accept phase learned about a connection, shared by its requests.
@@ -50,6 +52,16 @@ impl ConnInfo {
     }
 }
 
+/// What the phases learned, for the response headers, metrics and the access log.
+#[derive(Default)]
+pub struct Outcome {
+    pub ratelimit: Option<RateLimitHeaders>,
+    pub tenant: Option<TenantId>,
+    pub sources: Option<SourceSet>,
+    pub route: Option<Box<str>>,
+    pub upstream: Option<Box<str>>,
+}
+
 /// hyper's service entry point: never fails; every refusal is an HTTP response.
 pub async fn handle(
     gw: Arc<Gateway>,
@@ -60,25 +72,60 @@ pub async fn handle(
     let snap = gw.snapshot();
     let request_id = forwarding::request_id(req.headers().get(&forwarding::X_REQUEST_ID));
     let method = req.method().clone();
-    let mut rl = None;
-    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut rl).await {
+    let path = snap.access_log.then(|| req.uri().path().to_owned());
+    let mut out = Outcome::default();
+    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut out).await {
         Ok(resp) => resp,
         Err(err) => {
-            tracing::debug!(request_id = ?request_id, %method, error = %err, "request refused");
+            match &err {
+                GatewayError::UpstreamUnavailable(kind) => {
+                    Metrics::count(&gw.metrics().upstream_errors, "kind", kind.as_str())
+                }
+                GatewayError::UpstreamTimeout => {
+                    Metrics::count(&gw.metrics().upstream_errors, "kind", "timeout")
+                }
+                _ => {}
+            }
             err.into_response()
         }
     };
     let headers = resp.headers_mut();
-    headers.insert(forwarding::X_REQUEST_ID.clone(), request_id);
-    if let Some((policy, state)) = rl {
+    if let Some((policy, state)) = out.ratelimit.take() {
         headers.insert(limits::RATELIMIT_POLICY.clone(), policy);
         headers.insert(limits::RATELIMIT.clone(), state);
     }
-    tracing::trace!(
-        status = resp.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "response"
-    );
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let tenant = out.tenant.map(|id| snap.tenant(id));
+    match tenant {
+        Some(t) => t.stats.responses.observe(status, elapsed),
+        None => gw.metrics().unknown.responses.observe(status, elapsed),
+    }
+    if let Some(path) = path {
+        let bytes = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        tracing::info!(
+            target: "access",
+            request_id = request_id.to_str().unwrap_or(""),
+            remote = %conn.remote,
+            tls = conn.tls,
+            method = %method,
+            path = %path,
+            tenant = tenant.map_or("-", |t| &*t.name),
+            source = out.sources.map_or("", |s| s.as_str()),
+            route = out.route.as_deref().unwrap_or("-"),
+            upstream = out.upstream.as_deref().unwrap_or("-"),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes,
+            "request"
+        );
+    }
+    resp.headers_mut()
+        .insert(forwarding::X_REQUEST_ID.clone(), request_id);
     Ok(resp)
 }
 
@@ -88,7 +135,7 @@ async fn run_phases(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    rl: &mut Option<RateLimitHeaders>,
+    out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
@@ -100,10 +147,18 @@ async fn run_phases(
     };
     let by_key = apikey_tenant(snap, &req)?;
     let identity = agree(snap, by_conn, claims.as_ref(), by_key)?;
+    if let Some(id) = identity {
+        out.tenant = Some(id.tenant);
+        out.sources = Some(id.sources);
+    }
     let identity = admit_status(snap, identity)?;
     let tenant = snap.tenant(identity.tenant);
     // route
     let route = select_route(snap, tenant, req.uri().path())?;
+    if snap.access_log {
+        out.route = Some(route.path_prefix.clone());
+        out.upstream = Some(route.upstream.name.clone());
+    }
     if route.require_token && claims.is_none() {
         return Err(GatewayError::TokenRequired);
     }
@@ -111,7 +166,7 @@ async fn run_phases(
         return Err(GatewayError::InvalidApiKey);
     }
     // admit (limits)
-    let admission = admit(tenant, rl).await?;
+    let admission = admit(tenant, &mut out.ratelimit).await?;
     // forward
     let fwd = Forwarding {
         tenant,

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::{ConnLimits, Snapshot};
 use crate::tls;
@@ -98,6 +99,16 @@ async fn serve_connection(
     let limits = ctx.gateway.snapshot().limits;
     let builder = builder(&limits);
     let gw = ctx.gateway.clone();
+    let metrics = ctx.gateway.metrics();
+    metrics.active_connections.inc();
+    // Decrements when the connection ends, however it ends.
+    struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let _open = Open(&metrics.active_connections);
     match &ctx.tls {
         None => {
             let conn = Arc::new(ConnInfo::new(remote, false, None));
@@ -114,10 +125,17 @@ async fn serve_connection(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        let reason = match e.kind() {
+                            std::io::ErrorKind::InvalidData => "tls_error",
+                            std::io::ErrorKind::UnexpectedEof => "client_closed",
+                            _ => "io",
+                        };
+                        Metrics::count(&metrics.tls_handshake_failures, "reason", reason);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(%remote, "TLS handshake timed out");
+                        Metrics::count(&metrics.tls_handshake_failures, "reason", "timeout");
                         return;
                     }
                 };

@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub token: Option<TokenAuth>,
     /// API keys by SHA-256, when `apikey:` is configured.
     pub apikeys: Option<ApiKeys>,
+    pub access_log: bool,
+    /// Files this snapshot was compiled from (certificates, keys, JWKS), for the file watcher.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug)]

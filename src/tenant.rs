@@ -27,32 +27,32 @@ impl SourceSet {
         self.0 & bit != 0
     }
 
-    /// `sni,host,token,apikey` order, as sent in `x-tenant-source`.
+    /// The same list as text, for logs.
+    pub fn as_str(self) -> &'static str {
+        const NAMES: [&str; 16] = [
+            "",
+            "sni",
+            "host",
+            "sni,host",
+            "token",
+            "sni,token",
+            "host,token",
+            "sni,host,token",
+            "apikey",
+            "sni,apikey",
+            "host,apikey",
+            "sni,host,apikey",
+            "token,apikey",
+            "sni,token,apikey",
+            "host,token,apikey",
+            "sni,host,token,apikey",
+        ];
+        NAMES[(self.0 & 0xf) as usize]
+    }
+
+    /// `sni,host,token,apikey` order, as sent in `x-tenant-source` (no allocation).
     pub fn header_value(self) -> HeaderValue {
-        static VALUES: [HeaderValue; 16] = {
-            const fn v(s: &'static str) -> HeaderValue {
-                HeaderValue::from_static(s)
-            }
-            [
-                v(""),
-                v("sni"),
-                v("host"),
-                v("sni,host"),
-                v("token"),
-                v("sni,token"),
-                v("host,token"),
-                v("sni,host,token"),
-                v("apikey"),
-                v("sni,apikey"),
-                v("host,apikey"),
-                v("sni,host,apikey"),
-                v("token,apikey"),
-                v("sni,token,apikey"),
-                v("host,token,apikey"),
-                v("sni,host,token,apikey"),
-            ]
-        };
-        VALUES[(self.0 & 0xf) as usize].clone()
+        HeaderValue::from_static(self.as_str())
     }
 }
 

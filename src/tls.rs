@@ -91,6 +91,8 @@ pub struct CertStore {
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
     count: usize,
+    /// (label, notAfter) of every distinct certificate, for the expiry metric.
+    expiry: Vec<(String, i64)>,
 }
 
 impl fmt::Debug for CertStore {
@@ -107,7 +109,7 @@ impl CertStore {
     /// Adds a certificate under every SAN it carries. Returns the names already taken by
     /// another certificate (the first one added keeps them).
     pub fn add(&mut self, cert: &LoadedCert) -> Vec<String> {
-        self.count += 1;
+        self.note(cert);
         let mut taken = Vec::new();
         for name in &cert.names {
             let (table, key) = match name.strip_prefix("*.") {
@@ -126,8 +128,25 @@ impl CertStore {
     }
 
     pub fn set_default(&mut self, cert: &LoadedCert) {
-        self.count += 1;
+        self.note(cert);
         self.default = Some(cert.key.clone());
+    }
+
+    fn note(&mut self, cert: &LoadedCert) {
+        let label = cert.names.first().cloned().unwrap_or_default();
+        if !self
+            .expiry
+            .iter()
+            .any(|(l, t)| *l == label && *t == cert.not_after)
+        {
+            self.count += 1;
+            self.expiry.push((label, cert.not_after));
+        }
+    }
+
+    /// `(first SAN, notAfter as Unix seconds)` of each certificate.
+    pub fn expiries(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.expiry.iter().map(|(l, t)| (l.as_str(), *t))
     }
 
     /// Number of certificates added (default included).

@@ -213,6 +213,13 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             tenant_ids,
             token,
             apikeys,
+            access_log: raw.access_log,
+            files: c
+                .certs_by_path
+                .keys()
+                .flat_map(|(c, k)| [c.clone(), k.clone()])
+                .chain(raw.token.as_ref().and_then(|t| t.jwks_file.clone()))
+                .collect(),
         }),
         _ => Err(c.errors),
     }

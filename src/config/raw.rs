@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub tenants: BTreeMap<String, RawTenant>,
     #[serde(default)]
     pub cluster: Option<RawCluster>,
+    /// One JSON line per request on the `access` log target.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,227 @@
+//! Prometheus metrics (`prometheus-client`), served on the admin listener's `/metrics`.
+//!
+//! Gateway-wide series live in [`Metrics`]. Per-tenant series are read at scrape time from the
+//! *current* snapshot's tenants (their [`TenantStats`], carried over across reloads), so tenant
+//! labels exist only for tenants in the config: cardinality is bounded by the config, and
+//! requests that name no configured tenant are counted under `tenant="unknown"`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::limits::TenantStats;
+use crate::snapshot::Snapshot;
+
+/// Latency buckets, seconds: 0.5 ms .. ~16 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+/// Response counts by status class and the latency histogram of one tenant.
+#[derive(Debug)]
+pub struct ResponseStats {
+    /// 1xx..5xx.
+    pub by_class: [AtomicU64; 5],
+    pub latency: Histogram,
+}
+
+impl Default for ResponseStats {
+    fn default() -> Self {
+        Self {
+            by_class: Default::default(),
+            latency: latency_histogram(),
+        }
+    }
+}
+
+impl ResponseStats {
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Gateway-wide metrics and the registry that renders everything.
+pub struct Metrics {
+    registry: Registry,
+    pub active_connections: Gauge,
+    pub tls_handshake_failures: Family<Labels, Counter>,
+    pub upstream_errors: Family<Labels, Counter>,
+    pub reloads: Family<Labels, Counter>,
+    pub config_generation: Gauge,
+    /// Requests that named no configured tenant.
+    pub unknown: Arc<TenantStats>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let active_connections = Gauge::default();
+        let tls_handshake_failures = Family::<Labels, Counter>::default();
+        let upstream_errors = Family::<Labels, Counter>::default();
+        let reloads = Family::<Labels, Counter>::default();
+        let config_generation = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            active_connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges by kind",
+            upstream_errors.clone(),
+        );
+        registry.register("reloads", "Config reloads by result", reloads.clone());
+        registry.register(
+            "config_generation",
+            "Generation of the config being served (1 at start)",
+            config_generation.clone(),
+        );
+        let unknown = Arc::new(TenantStats::default());
+        registry.register_collector(Box::new(TenantCollector {
+            snapshot,
+            unknown: unknown.clone(),
+        }));
+        config_generation.set(1);
+        Self {
+            registry,
+            active_connections,
+            tls_handshake_failures,
+            upstream_errors,
+            reloads,
+            config_generation,
+            unknown,
+        }
+    }
+
+    pub fn count(family: &Family<Labels, Counter>, label: &'static str, value: &str) {
+        family.get_or_create(&vec![(label, value.to_owned())]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Per-tenant and per-certificate series, read from the current snapshot at scrape time.
+#[derive(Debug)]
+struct TenantCollector {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    unknown: Arc<TenantStats>,
+}
+
+/// Reads one counter of a tenant's stats.
+type StatField = fn(&TenantStats) -> &AtomicU64;
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Collector for TenantCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot.load();
+        let tenants: Vec<(&str, &TenantStats)> = snap
+            .tenants
+            .iter()
+            .map(|t| (&*t.name, &*t.stats))
+            .chain(std::iter::once(("unknown", &*self.unknown)))
+            .collect();
+
+        let mut m = encoder.encode_descriptor(
+            "tenant_requests",
+            "Responses by tenant and status class",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, s) in &tenants {
+            for (i, class) in CLASSES.iter().enumerate() {
+                let v = s.responses.by_class[i].load(Ordering::Relaxed);
+                if v > 0 {
+                    ConstCounter::new(v)
+                        .encode(m.encode_family(&[("tenant", *name), ("class", *class)])?)?;
+                }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "tenant_request_duration_seconds",
+            "Time from request head to response head, by tenant",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, s) in &tenants {
+            s.responses
+                .latency
+                .encode(m.encode_family(&[("tenant", *name)])?)?;
+        }
+        let counters: [(&str, &str, StatField); 5] = [
+            (
+                "tenant_admitted",
+                "Requests admitted by the tenant's limits",
+                |s| &s.admitted,
+            ),
+            ("tenant_rate_limited", "Requests refused with 429", |s| {
+                &s.rate_limited
+            }),
+            (
+                "tenant_overloaded",
+                "Requests refused at the concurrency cap (503)",
+                |s| &s.overloaded,
+            ),
+            ("tenant_timed_out", "Upstream deadlines missed (504)", |s| {
+                &s.timed_out
+            }),
+            (
+                "tenant_body_too_large",
+                "Bodies over the tenant's limit (413)",
+                |s| &s.body_too_large,
+            ),
+        ];
+        for (metric, help, get) in counters {
+            let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for (name, s) in &tenants {
+                ConstCounter::new(get(s).load(Ordering::Relaxed))
+                    .encode(m.encode_family(&[("tenant", *name)])?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "certificate_expiry_seconds",
+            "Seconds until each configured certificate expires",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = crate::signing::unix_now() as i64;
+        for (name, not_after) in snap.certs.expiries() {
+            ConstGauge::new(not_after - now).encode(m.encode_family(&[("certificate", name)])?)?;
+        }
+        Ok(())
+    }
+}
