@@ -54,6 +54,11 @@ impl Gateway {
         Ok(Self::new(snapshot, Some(path.to_path_buf())))
     }
 
+    /// The file reloads re-read.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
     /// The current snapshot. A request takes it once and keeps it to the end.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

@@ -36,6 +36,7 @@ pub mod tenant;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod watch;
 
 pub use error::GatewayError;
 pub use gateway::{Gateway, Running};

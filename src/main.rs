@@ -144,6 +144,9 @@ fn load_gateway(path: &Path) -> anyhow::Result<Arc<Gateway>> {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let gw = load_gateway(path)?;
     let running = gw.start().await?;
+    let _watch = tenant_gateway::watch::spawn(gw.clone())
+        .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; reload with SIGHUP or POST /reload"))
+        .ok();
     serve_until_signalled(gw, running).await
 }
 

@@ -159,6 +159,7 @@ impl Env {
 listeners:
   - {{ name: https, bind: "127.0.0.1:0", tls: true }}
   - {{ name: http, bind: "127.0.0.1:0" }}
+admin: {{ bind: "127.0.0.1:0" }}
 tls:
   default_certificate: {{ cert: {d}/default.crt, key: {d}/default.key }}
 tenancy:
