@@ -78,13 +78,18 @@ fn identity(c: &mut Criterion) {
 }
 
 fn config_with_tenants(n: usize, dir: &std::path::Path) -> tenant_gateway::snapshot::Snapshot {
-    let key = dir.join("signing.key");
-    std::fs::write(&key, "bench-signing-secret-0123456789").expect("write");
+    let yaml = config_yaml(n, &dir.join("signing.key"));
+    config::load_bytes(yaml.as_bytes()).expect("config")
+}
+
+/// A config with `n` tenants (each with a custom host and a rate limit); writes the key file.
+fn config_yaml(n: usize, key: &std::path::Path) -> String {
+    std::fs::write(key, "bench-signing-secret-0123456789").expect("write");
     let mut yaml = format!(
         "version: 1\nlisteners: [ {{ name: http, bind: \"127.0.0.1:0\" }} ]\n\
          tenancy: {{ base_domains: [gw.test], sources: [sni, host] }}\n\
          signing: {{ active_key: k1, keys: [ {{ id: k1, secret_file: {} }} ] }}\n\
-         plans: {{ free: {{}} }}\n\
+         plans: {{ free: {{ rate: {{ per_second: 100, burst: 200 }}, max_concurrent: 50 }} }}\n\
          upstreams: {{ shared: {{ endpoints: [\"http://127.0.0.1:9000\"] }} }}\n\
          routes: [ {{ path_prefix: /, upstream: shared }} ]\ntenants:\n",
         key.display()
@@ -94,7 +99,7 @@ fn config_with_tenants(n: usize, dir: &std::path::Path) -> tenant_gateway::snaps
             "  t{i}: {{ plan: free, hosts: [api.t{i}.example] }}\n"
         ));
     }
-    config::load_bytes(yaml.as_bytes()).expect("config")
+    yaml
 }
 
 fn resolution(c: &mut Criterion) {
@@ -114,6 +119,25 @@ fn resolution(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+/// Reload of a 10,000-tenant config: parse + compile + swap (the file is already in memory).
+fn reload(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("signing.key");
+    let yaml = config_yaml(10_000, &key);
+    let current =
+        arc_swap::ArcSwap::from_pointee(config::load_bytes(yaml.as_bytes()).expect("config"));
+    let mut g = c.benchmark_group("reload");
+    g.sample_size(10);
+    g.bench_function("compile_and_swap_10000_tenants", |b| {
+        b.iter(|| {
+            let mut next = config::load_bytes(yaml.as_bytes()).expect("config");
+            next.adopt_state(&current.load());
+            current.store(std::sync::Arc::new(next));
+        })
+    });
     g.finish();
 }
 
@@ -179,5 +203,12 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, identity, resolution, signing, header_rewrite);
+criterion_group!(
+    benches,
+    identity,
+    resolution,
+    reload,
+    signing,
+    header_rewrite
+);
 criterion_main!(benches);

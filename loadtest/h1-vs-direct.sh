@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Plain HTTP/1.1 proxying, gateway vs. straight to the upstream, same machine, interleaved:
-#   bash loadtest/h1-vs-direct.sh [RUNS=5]
+#   bash loadtest/h1-vs-direct.sh [RUNS=5]        (TENANTS=10000 to configure that many tenants)
 # Upstream: nginx (one worker, `return 200` with a 100-byte body) on 127.0.0.1:19000, pinned to
 # CPU 0 with wrk; the gateway on CPU 1, plain listener 127.0.0.1:18080, one tenant by Host.
 # Needs: nginx, wrk (apt-get install -y nginx wrk); a release build (cargo build --release).
@@ -19,8 +19,11 @@ signing: { active_key: k1, keys: [ { id: k1, secret_file: $work/signing.key } ] 
 plans: { free: { timeouts: { connect_ms: 1000, request_ms: 10000 } } }
 upstreams: { shared: { endpoints: ["http://127.0.0.1:19000"] } }
 routes: [ { path_prefix: /, upstream: shared } ]
-tenants: { acme: { plan: free }, globex: { plan: free } }
+tenants:
+  acme: { plan: free }
+  globex: { plan: free }
 YAML
+for i in $(seq 3 "${TENANTS:-2}"); do echo "  t$i: { plan: free, hosts: [api.t$i.example] }"; done >> "$work/gateway.yaml"
 start_gateway "$work/gateway.yaml" acme.gw.test
 
 rps() { awk '/Requests\/sec/ {print $2}' "$1"; }

@@ -30,7 +30,7 @@ NGX
 # The config may name $work/signing.key as its signing secret file.
 start_gateway() {
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/signing.key"
-  RUST_LOG=warn taskset -c 1 "$BIN" run --config "$1" & pids+=($!)
+  RUST_LOG=${RUST_LOG:-info} taskset -c 1 "$BIN" run --config "$1" 2>> "$work/gateway.log" & pids+=($!)
   for _ in $(seq 50); do curl -sf -o /dev/null -H "Host: $2" http://127.0.0.1:18080/ && return 0; sleep 0.1; done
   echo "gateway did not come up" >&2; return 1
 }
