@@ -9,7 +9,9 @@
 //! - [`server`]: listeners, connection cap, TLS handshake, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`tls`]: certificate loading and SNI-based certificate selection.
 //! - [`proxy`]: the request path, phase by phase, calling:
-//!   [`tenant`] (resolve tenant) → [`route`] → [`forward`] (strip, sign, send).
+//!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
+//!   [`limits`] (admit) → [`forward`] (strip, sign, send).
+//! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
 //! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers.
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
 //! - [`upstream`]: upstream pools, balancing, the pooled client.
