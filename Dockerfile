@@ -5,6 +5,7 @@ WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin tenant-gateway
 
 FROM gcr.io/distroless/cc-debian12:nonroot
