@@ -136,6 +136,11 @@ fn with_token(host: &str, path: &str, token: &str) -> Request<Full<Bytes>> {
     req
 }
 
+async fn acme_tls(env: &Env, running: &tenant_gateway::Running) -> TlsConn {
+    let https = running.addr("https").expect("https");
+    tls_connect(env, https, Some("acme.gw.test"), &[b"http/1.1"]).await
+}
+
 fn assert_invalid_token(got: &Got, what: &str) {
     assert_eq!(
         got.status,
@@ -230,25 +235,13 @@ async fn a_token_for_another_tenant_is_a_mismatch_on_plain_and_tls() {
     assert_eq!(got.status, StatusCode::FORBIDDEN);
     assert_eq!(got.json()["error"], "tenant_mismatch");
 
-    let conn = tls_connect(
-        &env,
-        running.addr("https").expect("https"),
-        Some("acme.gw.test"),
-        &[b"http/1.1"],
-    )
-    .await;
+    let conn = acme_tls(&env, &running).await;
     let got = h1_tls(conn, with_token("acme.gw.test", "/", &globex_token)).await;
     assert_eq!(got.status, StatusCode::FORBIDDEN);
     assert_eq!(got.json()["error"], "tenant_mismatch");
 
     // SNI acme with no Host tenant still disagrees with a globex token.
-    let conn = tls_connect(
-        &env,
-        running.addr("https").expect("https"),
-        Some("acme.gw.test"),
-        &[b"http/1.1"],
-    )
-    .await;
+    let conn = acme_tls(&env, &running).await;
     let got = h1_tls(conn, with_token("127.0.0.1", "/", &globex_token)).await;
     assert_eq!(got.json()["error"], "tenant_mismatch");
 
