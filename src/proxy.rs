@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
@@ -74,7 +75,12 @@ pub async fn handle(
     let method = req.method().clone();
     let path = snap.access_log.then(|| req.uri().path().to_owned());
     let mut out = Outcome::default();
-    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut out).await {
+    let span =
+        tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""), %method);
+    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut out)
+        .instrument(span)
+        .await
+    {
         Ok(resp) => resp,
         Err(err) => {
             match &err {

@@ -12,6 +12,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -62,9 +63,14 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            serve_connection(ctx, stream, remote, permit, watcher).await;
-        });
+        // A span per connection (debug level: free unless asked for with RUST_LOG).
+        let span = tracing::debug_span!("conn", listener = %ctx.name, %remote);
+        tokio::spawn(
+            async move {
+                serve_connection(ctx, stream, remote, permit, watcher).await;
+            }
+            .instrument(span),
+        );
     }
     drop(listener);
     let grace = ctx.gateway.snapshot().limits.shutdown_grace;
