@@ -63,6 +63,11 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "alive"})),
         (&Method::GET, "/readyz") => {
             let draining = gw.is_draining();
+            let store = match gw.rate_limit_store() {
+                None => "disabled",
+                Some(s) if s.is_degraded() => "degraded",
+                Some(_) => "ok",
+            };
             let status = if draining {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
@@ -75,13 +80,19 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes
                     "config_loaded": true,
                     "listeners_bound": true,
                     "draining": draining,
+                    "rate_limit_store": store,
                 }),
             )
         }
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics().render(),
+            {
+                if let Some(s) = gw.rate_limit_store() {
+                    gw.metrics().store_degraded.set(i64::from(s.is_degraded()));
+                }
+                gw.metrics().render()
+            },
         ),
         (&Method::GET, "/config") => {
             let snap = gw.snapshot();

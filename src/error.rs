@@ -49,6 +49,8 @@ pub enum GatewayError {
     TenantSuspended,
     #[error("over rate limit")]
     RateLimited { retry_after: Duration },
+    #[error("the shared rate-limit store is unavailable")]
+    RateLimitUnavailable,
     #[error("tenant at its concurrency cap")]
     TenantOverloaded { retry_after: Duration },
     #[error("request body larger than the tenant's limit")]
@@ -78,6 +80,7 @@ impl GatewayError {
             Self::TenantSuspended => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TenantOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -102,6 +105,7 @@ impl GatewayError {
             Self::TenantSuspended => "tenant_suspended",
             Self::RateLimited { .. } => "rate_limited",
             Self::TenantOverloaded { .. } => "tenant_overloaded",
+            Self::RateLimitUnavailable => "rate_limit_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
             Self::BadRequest(_) => "bad_request",
@@ -125,6 +129,7 @@ impl GatewayError {
             Self::TenantSuspended => "the tenant is suspended",
             Self::RateLimited { .. } => "rate limit exceeded",
             Self::TenantOverloaded { .. } => "too many concurrent requests for this tenant",
+            Self::RateLimitUnavailable => "rate limiting is unavailable; retry shortly",
             Self::BodyTooLarge => "request body exceeds the tenant's limit",
             Self::HeadersTooLarge => "request headers are too large",
             Self::BadRequest(reason) => reason,
@@ -154,6 +159,9 @@ impl GatewayError {
             }
             Self::RateLimited { retry_after } | Self::TenantOverloaded { retry_after } => {
                 headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
+            }
+            Self::RateLimitUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -191,6 +199,11 @@ mod tests {
                 GatewayError::TenantOverloaded { retry_after: d },
                 503,
                 "tenant_overloaded",
+            ),
+            (
+                GatewayError::RateLimitUnavailable,
+                503,
+                "rate_limit_unavailable",
             ),
             (GatewayError::BodyTooLarge, 413, "body_too_large"),
             (GatewayError::HeadersTooLarge, 431, "headers_too_large"),

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::admin;
+use crate::cluster::RedisStore;
 use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::server;
@@ -31,15 +32,23 @@ pub struct Gateway {
     last_reload_error: Mutex<Option<String>>,
     metrics: Metrics,
     draining: AtomicBool,
+    /// The cluster rate-limit store, made at start from `cluster.rate_limit_store`.
+    store: Option<Arc<RedisStore>>,
 }
 
 impl Gateway {
     /// A gateway serving `snapshot`; `config_path` is what reloads re-read.
     pub fn new(snapshot: Snapshot, config_path: Option<PathBuf>) -> Arc<Self> {
+        let store = snapshot.cluster.clone().and_then(|settings| {
+            RedisStore::new(settings)
+                .map_err(|e| tracing::error!(error = %e, "rate-limit store unavailable"))
+                .ok()
+        });
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         Arc::new(Self {
             metrics: Metrics::new(snapshot.clone()),
             draining: AtomicBool::new(false),
+            store,
             snapshot,
             clients: DashMap::new(),
             config_path,
@@ -83,6 +92,11 @@ impl Gateway {
         &self.metrics
     }
 
+    /// The shared rate-limit store, in cluster mode.
+    pub fn rate_limit_store(&self) -> Option<&RedisStore> {
+        self.store.as_deref()
+    }
+
     /// True once shutdown has begun: `/readyz` answers 503.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -122,6 +136,9 @@ impl Gateway {
             Ok(mut next) => {
                 let current = self.snapshot.load();
                 next.adopt_state(&current);
+                if next.cluster != current.cluster {
+                    tracing::warn!("cluster store changes take effect on restart");
+                }
                 if next.listeners != current.listeners || next.admin != current.admin {
                     tracing::warn!(
                         "listener changes take effect on restart; reload keeps the bound sockets"

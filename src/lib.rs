@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod devcerts;

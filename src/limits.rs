@@ -17,6 +17,7 @@ use governor::{Quota, RateLimiter};
 use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cluster::{Decision, OnError, RedisStore};
 use crate::error::GatewayError;
 use crate::snapshot::{Rate, Tenant};
 
@@ -134,26 +135,76 @@ pub struct Admission {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
+fn check_local(
+    tenant: &Tenant,
+    limiter: &TenantLimiter,
+    rl: &mut Option<RateLimitHeaders>,
+) -> Result<(), GatewayError> {
+    match limiter.check() {
+        Ok(state) => {
+            *rl = Some((limiter.policy().clone(), state));
+            Ok(())
+        }
+        Err(wait) => Err(limited(tenant, limiter, wait, rl)),
+    }
+}
+
+fn limited(
+    tenant: &Tenant,
+    limiter: &TenantLimiter,
+    wait: Duration,
+    rl: &mut Option<RateLimitHeaders>,
+) -> GatewayError {
+    *rl = Some((
+        limiter.policy().clone(),
+        ratelimit_value(0, ceil_secs(wait)),
+    ));
+    TenantStats::bump(&tenant.stats.rate_limited);
+    GatewayError::RateLimited { retry_after: wait }
+}
+
 /// The `RateLimit-Policy` and `RateLimit` values for a response.
 pub type RateLimitHeaders = (HeaderValue, HeaderValue);
 
 /// Admits a request for `tenant` or says why not. `rl` receives the rate-limit headers to put on
 /// the response, whatever its status.
+///
+/// With a cluster `store`, the tenant's rate is checked in Redis (one round trip, bounded);
+/// while the store cannot answer, its `on_error` policy applies.
 pub async fn admit(
     tenant: &Tenant,
+    store: Option<&RedisStore>,
     rl: &mut Option<RateLimitHeaders>,
 ) -> Result<Admission, GatewayError> {
     if let Some(limiter) = &tenant.limiter {
-        match limiter.check() {
-            Ok(state) => *rl = Some((limiter.policy().clone(), state)),
-            Err(wait) => {
-                *rl = Some((
-                    limiter.policy().clone(),
-                    ratelimit_value(0, ceil_secs(wait)),
-                ));
-                TenantStats::bump(&tenant.stats.rate_limited);
-                return Err(GatewayError::RateLimited { retry_after: wait });
+        let shared = match store {
+            Some(store) => Some(store.check(&tenant.name, limiter.rate).await),
+            None => None,
+        };
+        match shared {
+            None => check_local(tenant, limiter, rl)?,
+            Some(Ok(Decision::Allowed { remaining })) => {
+                let missing = limiter.rate.burst.saturating_sub(remaining);
+                let reset = u64::from(missing).div_ceil(u64::from(limiter.rate.per_second));
+                *rl = Some((limiter.policy().clone(), ratelimit_value(remaining, reset)));
             }
+            Some(Ok(Decision::Limited { retry_after })) => {
+                return Err(limited(tenant, limiter, retry_after, rl));
+            }
+            Some(Err(_)) => match store.map(|s| s.settings.on_error) {
+                Some(OnError::Allow) => {}
+                Some(OnError::Deny) => return Err(GatewayError::RateLimitUnavailable),
+                // The replica's share of the rate; the policy header still states the tenant's.
+                _ => match &tenant.fallback {
+                    Some(share) => {
+                        if let Err(wait) = share.check() {
+                            return Err(limited(tenant, limiter, wait, rl));
+                        }
+                        *rl = Some((limiter.policy().clone(), ratelimit_value(0, 1)));
+                    }
+                    None => check_local(tenant, limiter, rl)?,
+                },
+            },
         }
     }
     let permit = match &tenant.concurrency {

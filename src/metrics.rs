@@ -64,6 +64,8 @@ pub struct Metrics {
     pub upstream_errors: Family<Labels, Counter>,
     pub reloads: Family<Labels, Counter>,
     pub config_generation: Gauge,
+    /// 1 while the cluster rate-limit store is degraded (breaker open or failing).
+    pub store_degraded: Gauge,
     /// Requests that named no configured tenant.
     pub unknown: Arc<TenantStats>,
 }
@@ -82,6 +84,12 @@ impl Metrics {
         let upstream_errors = Family::<Labels, Counter>::default();
         let reloads = Family::<Labels, Counter>::default();
         let config_generation = Gauge::default();
+        let store_degraded = Gauge::default();
+        registry.register(
+            "rate_limit_store_degraded",
+            "1 while the shared rate-limit store is failing and on_error applies",
+            store_degraded.clone(),
+        );
         registry.register(
             "active_connections",
             "Client connections open now",
@@ -116,6 +124,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             config_generation,
+            store_degraded,
             unknown,
         }
     }

@@ -172,7 +172,7 @@ async fn run_phases(
         return Err(GatewayError::InvalidApiKey);
     }
     // admit (limits)
-    let admission = admit(tenant, &mut out.ratelimit).await?;
+    let admission = admit(tenant, gw.rate_limit_store(), &mut out.ratelimit).await?;
     // forward
     let fwd = Forwarding {
         tenant,

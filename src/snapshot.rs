@@ -47,6 +47,8 @@ pub struct Snapshot {
     /// API keys by SHA-256, when `apikey:` is configured.
     pub apikeys: Option<ApiKeys>,
     pub access_log: bool,
+    /// `cluster.rate_limit_store.redis`, when configured.
+    pub cluster: Option<crate::cluster::RedisSettings>,
     /// Files this snapshot was compiled from (certificates, keys, JWKS), for the file watcher.
     pub files: Vec<std::path::PathBuf>,
 }
@@ -81,6 +83,11 @@ impl Snapshot {
             };
             let o = old.tenant(oid);
             if let (Some(new), Some(prev)) = (&mut t.limiter, &o.limiter)
+                && new.rate == prev.rate
+            {
+                *new = prev.clone();
+            }
+            if let (Some(new), Some(prev)) = (&mut t.fallback, &o.fallback)
                 && new.rate == prev.rate
             {
                 *new = prev.clone();
@@ -168,6 +175,8 @@ pub struct Tenant {
     pub id_header: HeaderValue,
     pub plan_header: HeaderValue,
     pub limiter: Option<Arc<TenantLimiter>>,
+    /// This replica's share of the rate, used while the cluster store cannot answer.
+    pub fallback: Option<Arc<TenantLimiter>>,
     pub concurrency: Option<Arc<Concurrency>>,
     pub stats: Arc<TenantStats>,
 }

@@ -276,10 +276,10 @@ impl TokenAuth {
             return decode(token, k);
         }
         // Unknown kid: maybe the identity provider rotated. Re-read, rate-limited.
-        if self.refresh_jwks(jwks) {
-            if let Some(k) = jwks.keys.load().get(kid) {
-                return decode(token, k);
-            }
+        if self.refresh_jwks(jwks)
+            && let Some(k) = jwks.keys.load().get(kid)
+        {
+            return decode(token, k);
         }
         Err(GatewayError::InvalidToken)
     }

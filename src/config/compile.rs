@@ -34,6 +34,11 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
         c.err("version", format!("unsupported version {}", raw.version));
     }
     let listeners = c.listeners(&raw.listeners);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|cl| cl.rate_limit_store.as_ref())
+        .and_then(|s| c.redis(&s.redis));
     let admin = raw
         .admin
         .as_ref()
@@ -141,6 +146,16 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             id_header: header_value(&mut c, &path, name),
             plan_header: header_value(&mut c, &format!("{path}.plan"), &t.plan),
             limiter: limits.rate.and_then(TenantLimiter::new).map(Arc::new),
+            fallback: cluster
+                .as_ref()
+                .and(limits.rate)
+                .and_then(|r| {
+                    TenantLimiter::new(crate::cluster::local_share(
+                        r,
+                        cluster.as_ref().map_or(1, |c| c.replicas),
+                    ))
+                })
+                .map(Arc::new),
             concurrency: limits
                 .max_concurrent
                 .filter(|m| *m > 0)
@@ -214,6 +229,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             token,
             apikeys,
             access_log: raw.access_log,
+            cluster,
             files: c
                 .certs_by_path
                 .keys()
@@ -668,6 +684,50 @@ impl Compiler {
         };
         self.certs_by_path.insert(key, loaded.clone());
         loaded
+    }
+
+    /// Compiles `cluster.rate_limit_store.redis`.
+    fn redis(&mut self, r: &RawRedis) -> Option<crate::cluster::RedisSettings> {
+        use crate::cluster::{OnError, RedisSettings};
+        let path = "cluster.rate_limit_store.redis";
+        if redis::Client::open(r.url.as_str()).is_err() {
+            self.err(
+                format!("{path}.url"),
+                format!("invalid Redis URL {:?}", r.url),
+            );
+        }
+        let on_error = match r.on_error.as_deref().unwrap_or("local") {
+            "local" => OnError::Local,
+            "allow" => OnError::Allow,
+            "deny" => OnError::Deny,
+            other => {
+                self.err(
+                    format!("{path}.on_error"),
+                    format!("{other:?}: expected local, allow or deny"),
+                );
+                OnError::Local
+            }
+        };
+        let settings = RedisSettings {
+            url: r.url.clone(),
+            on_error,
+            timeout: Duration::from_millis(r.timeout_ms.unwrap_or(10)),
+            replicas: r.replicas.unwrap_or(1),
+            failure_threshold: r.failure_threshold.unwrap_or(3),
+            open_for: Duration::from_millis(r.open_ms.unwrap_or(1000)),
+            key_prefix: r.key_prefix.clone().unwrap_or_else(|| "tgw:rl:".to_owned()),
+        };
+        for (field, zero) in [
+            ("timeout_ms", settings.timeout.is_zero()),
+            ("replicas", settings.replicas == 0),
+            ("failure_threshold", settings.failure_threshold == 0),
+            ("open_ms", settings.open_for.is_zero()),
+        ] {
+            if zero {
+                self.err(format!("{path}.{field}"), "must be greater than 0");
+            }
+        }
+        Some(settings)
     }
 
     /// Compiles `token:`: algorithms, keys (PEM public keys, HMAC secrets, JWKS file), the

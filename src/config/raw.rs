@@ -310,6 +310,22 @@ pub struct RawRateLimitStore {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,
+    /// local (default) | allow | deny
     #[serde(default)]
     pub on_error: Option<String>,
+    /// Per call; default 10.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Replicas sharing the limits; `local` fallback enforces rate / replicas. Default 1.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Failures in a row that open the circuit; default 3.
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// How long the open circuit skips Redis before a probe; default 1000.
+    #[serde(default)]
+    pub open_ms: Option<u64>,
+    /// Default "tgw:rl:".
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
