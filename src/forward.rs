@@ -5,7 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::StatusCode;
+use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -113,9 +114,13 @@ pub async fn forward(
     conn: &ConnInfo,
     fwd: &Forwarding<'_>,
     route: &Route,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection pair for the upstream; after
+    // a 101 the two upgraded connections are spliced.
+    let upgrade = upgrade_protocol(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let limits = &fwd.tenant.limits;
     let exceeded = Arc::new(AtomicBool::new(false));
@@ -134,6 +139,12 @@ pub async fn forward(
         None => body::stream(body),
     };
     rewrite_request_head(snap, conn, fwd, &mut parts)?;
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
 
     let (endpoint, in_flight) = route
         .upstream
@@ -185,6 +196,16 @@ pub async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
+    if let (Some(protocol), Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+        (upgrade, client_upgrade, resp.status())
+    {
+        return Ok(splice_upgrade(
+            resp,
+            client_upgrade,
+            protocol,
+            (in_flight, permit),
+        ));
+    }
     let (mut rparts, rbody) = resp.into_parts();
     hop::strip(&mut rparts.headers);
     Ok(Response::from_parts(
@@ -194,6 +215,48 @@ pub async fn forward(
             _guard: (in_flight, permit),
         }),
     ))
+}
+
+/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: <p>`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req.headers().get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| req.headers().get(UPGRADE).cloned()).flatten()
+}
+
+/// Answers the client's upgrade with the upstream's 101 and copies bytes both ways until either
+/// side closes. `guard` (the endpoint's in-flight count and the tenant's concurrency slot) lives
+/// as long as the upgraded connection.
+fn splice_upgrade<G: Send + 'static>(
+    mut upstream_resp: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    protocol: HeaderValue,
+    guard: G,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+    let (mut rparts, _) = upstream_resp.into_parts();
+    hop::strip(&mut rparts.headers);
+    rparts.headers.insert(UPGRADE, protocol);
+    rparts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    Response::from_parts(rparts, body::full(Bytes::new()))
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -1,0 +1,236 @@
+//! Protocols through the gateway: WebSocket (HTTP/1.1 upgrade, plain and TLS) with the tenant
+//! rules applied before the upgrade, and server-sent events streamed without buffering.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A WebSocket echo upstream; records the tenant header of every upgrade it accepted.
+async fn ws_echo() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                    let tenant = req
+                        .headers()
+                        .get("x-tenant-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    seen.lock().expect("lock").push(tenant);
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn ws_request(host: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    format!("ws://{host}/ws")
+        .into_client_request()
+        .expect("request")
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway_plain_and_tls() {
+    let env = Env::new();
+    let (url, seen) = ws_echo().await;
+    let (_gw, running) = env.start(&env.config(&url, &url)).await;
+
+    let stream = TcpStream::connect(running.addr("http").expect("http"))
+        .await
+        .expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async(ws_request("globex.gw.test"), stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hello")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::text("hello")
+    );
+    ws.close(None).await.expect("close");
+
+    let tls = tls_connect(
+        &env,
+        running.addr("https").expect("https"),
+        Some("acme.gw.test"),
+        &[b"http/1.1"],
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_request("acme.gw.test"), tls.stream)
+        .await
+        .expect("upgrade over TLS");
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    assert_eq!(*seen.lock().expect("lock"), ["globex", "acme"]);
+
+    // SNI acme, Host globex: refused before any upgrade reaches the upstream.
+    let tls = tls_connect(
+        &env,
+        running.addr("https").expect("https"),
+        Some("acme.gw.test"),
+        &[b"http/1.1"],
+    )
+    .await;
+    let err = tokio_tungstenite::client_async(ws_request("globex.gw.test"), tls.stream)
+        .await
+        .expect_err("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn an_open_websocket_holds_a_concurrency_slot() {
+    let env = Env::new();
+    let (url, _) = ws_echo().await;
+    let yaml = env.config(&url, &url).replace(
+        "  globex:\n    plan: free\n",
+        "  globex:\n    plan: free\n    max_concurrent: 2\n",
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let open = || async move {
+        let stream = TcpStream::connect(http).await.expect("connect");
+        tokio_tungstenite::client_async(ws_request("globex.gw.test"), stream).await
+    };
+    let (mut first, _) = open().await.expect("first");
+    let (_second, _) = open().await.expect("second");
+    match open().await.expect_err("third refused") {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    first.close(None).await.expect("close");
+    while first.next().await.is_some() {}
+    drop(first);
+    let mut ok = false;
+    for _ in 0..40 {
+        if open().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "closing a WebSocket frees its slot");
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let env = Env::new();
+    // An SSE upstream: one event every 100 ms, 8 in all.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                    tokio::spawn(async move {
+                        for i in 0..8 {
+                            let ev = Frame::data(Bytes::from(format!("data: {i}\n\n")));
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream_from(rx));
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(body)
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let (_gw, running) = env.start(&env.config(&url, &url)).await;
+    let stream = TcpStream::connect(running.addr("http").expect("http"))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(get("globex.gw.test", "/events"))
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+            arrivals.push(started.elapsed());
+        }
+    }
+    assert_eq!(text.matches("data: ").count(), 8, "{text}");
+    // Event i is sent at ~i*100 ms: each arrives within that 100 ms, not at the end.
+    assert!(arrivals.len() >= 7, "{arrivals:?}");
+    for (i, at) in arrivals.iter().enumerate().skip(1) {
+        let sent = Duration::from_millis(100 * i as u64);
+        assert!(
+            *at < sent + Duration::from_millis(100),
+            "event {i} arrived at {at:?}"
+        );
+    }
+}
+
+/// A `Stream` over an mpsc receiver (what tokio-stream's ReceiverStream does).
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
