@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A WebSocket echo upstream; records the tenant header of every upgrade it accepted.
+// tungstenite's handshake callback signature returns its (large) error response type.
+#[allow(clippy::result_large_err)]
 async fn ws_echo() -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
