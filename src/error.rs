@@ -169,6 +169,35 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The gRPC status code for this error (gRPC clients read `grpc-status`, not the HTTP one).
+    pub fn grpc_status(&self) -> u8 {
+        match self.status().as_u16() {
+            400 | 431 => 3, // INVALID_ARGUMENT
+            401 => 16,      // UNAUTHENTICATED
+            403 => 7,       // PERMISSION_DENIED
+            404 => 12,      // UNIMPLEMENTED (no tenant or route serves this method)
+            413 | 429 => 8, // RESOURCE_EXHAUSTED
+            504 => 4,       // DEADLINE_EXCEEDED
+            _ => 14,        // UNAVAILABLE (421, 502, 503)
+        }
+    }
+
+    /// A gRPC "trailers-only" answer: HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status` and `grpc-message` (the SPEC error code), no body.
+    pub fn into_grpc_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(body::full(Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        headers.insert("grpc-message", HeaderValue::from_static(self.code()));
+        resp
+    }
+}
+
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 fn retry_after_value(d: Duration) -> HeaderValue {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -232,6 +261,27 @@ mod tests {
             let resp = err.clone().into_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        }
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_statuses() {
+        let d = Duration::from_secs(1);
+        for (err, code) in [
+            (GatewayError::RateLimited { retry_after: d }, "8"),
+            (GatewayError::InvalidToken, "16"),
+            (GatewayError::TenantMismatch, "7"),
+            (GatewayError::UpstreamTimeout, "4"),
+            (
+                GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
+                "14",
+            ),
+            (GatewayError::TenantOverloaded { retry_after: d }, "14"),
+        ] {
+            let r = err.into_grpc_response();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["grpc-status"], code);
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
         }
     }
 

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, TE, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -122,6 +122,13 @@ pub async fn forward(
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // gRPC needs `te: trailers` end to end; TE is otherwise hop-by-hop.
+    let te_trailers = parts.headers.get_all(TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let limits = &fwd.tenant.limits;
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = match limits.max_body_bytes {
@@ -164,8 +171,17 @@ pub async fn forward(
     );
     parts.uri =
         Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-    // Upstreams speak HTTP/1.1 here whatever the client spoke.
-    parts.version = Version::HTTP_11;
+    // Upstreams speak HTTP/1.1, or HTTP/2 for h2c:// pools, whatever the client spoke.
+    parts.version = if endpoint.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if te_trailers {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
     let upstream_req = Request::from_parts(parts, body);
 
     // Dropping the request future on timeout drops its upstream connection too: a connection

@@ -26,7 +26,7 @@ use crate::upstream::{self, UpstreamClient};
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream clients by connect timeout, made on first use; they outlive reloads.
-    clients: DashMap<Duration, UpstreamClient>,
+    clients: DashMap<(Duration, bool), UpstreamClient>,
     config_path: Option<PathBuf>,
     generation: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
@@ -77,14 +77,16 @@ impl Gateway {
         self.snapshot.clone()
     }
 
-    /// The pooled client whose connect timeout is `connect_timeout`.
-    pub fn client_for(&self, connect_timeout: Duration) -> UpstreamClient {
-        if let Some(c) = self.clients.get(&connect_timeout) {
+    /// The pooled client whose connect timeout is `connect_timeout`, speaking HTTP/1.1 or,
+    /// for `h2c://` pools, HTTP/2 with prior knowledge.
+    pub fn client_for(&self, connect_timeout: Duration, h2c: bool) -> UpstreamClient {
+        let key = (connect_timeout, h2c);
+        if let Some(c) = self.clients.get(&key) {
             return c.clone();
         }
         self.clients
-            .entry(connect_timeout)
-            .or_insert_with(|| upstream::client(connect_timeout))
+            .entry(key)
+            .or_insert_with(|| upstream::client(connect_timeout, h2c))
             .clone()
     }
 

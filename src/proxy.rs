@@ -74,6 +74,10 @@ pub async fn handle(
     let request_id = forwarding::request_id(req.headers().get(&forwarding::X_REQUEST_ID));
     let method = req.method().clone();
     let path = snap.access_log.then(|| req.uri().path().to_owned());
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let mut out = Outcome::default();
     let span =
         tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""), %method);
@@ -92,7 +96,11 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            err.into_response()
+            if grpc {
+                err.into_grpc_response()
+            } else {
+                err.into_response()
+            }
         }
     };
     let headers = resp.headers_mut();
@@ -181,6 +189,7 @@ async fn run_phases(
         claims: claims.as_ref().map_or(&[], |c| c.forwarded.as_slice()),
         request_id,
     };
-    let client = gw.client_for(tenant.limits.connect_timeout);
+    let h2c = route.upstream.endpoints().first().is_some_and(|e| e.h2c);
+    let client = gw.client_for(tenant.limits.connect_timeout, h2c);
     forward(&client, snap, conn, &fwd, route, req, admission.permit).await
 }

@@ -24,6 +24,8 @@ pub enum Balance {
 pub struct Endpoint {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// HTTP/2 with prior knowledge (`h2c://`), e.g. gRPC.
+    pub h2c: bool,
     in_flight: AtomicUsize,
 }
 
@@ -32,6 +34,7 @@ impl Endpoint {
         Self {
             scheme,
             authority,
+            h2c: false,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -99,12 +102,13 @@ pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// Builds an upstream client with its own keep-alive pool, TCP_NODELAY and the given connect
 /// timeout. The gateway keeps one per distinct `connect_ms` (one per plan, typically).
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
+pub fn client(connect_timeout: Duration, h2c: bool) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
+        .http2_only(h2c)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))

@@ -236,3 +236,112 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// An h2c (HTTP/2 prior knowledge) gRPC-style upstream: echoes the message and ends with
+/// `grpc-status: 0` in the trailers. Records (version, te, tenant) of each call.
+async fn grpc_upstream() -> (String, Arc<Mutex<Vec<(http::Version, String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("h2c://{}", listener.local_addr().expect("addr"));
+    let seen: Arc<Mutex<Vec<(http::Version, String, String)>>> = Arc::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned()
+                            };
+                            seen.lock().expect("lock").push((
+                                req.version(),
+                                h("te"),
+                                h("x-tenant-id"),
+                            ));
+                            let msg = req.into_body().collect().await.expect("body").to_bytes();
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().expect("v"));
+                            let frames = futures_util::stream::iter(vec![
+                                Ok::<_, Infallible>(Frame::data(msg)),
+                                Ok(Frame::trailers(trailers)),
+                            ]);
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(frames))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn grpc_call(msg: &'static [u8]) -> http::Request<http_body_util::Full<Bytes>> {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(msg);
+    http::Request::builder()
+        .method("POST")
+        .uri("https://acme.gw.test/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from(framed)))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn grpc_unary_over_tls_to_an_h2c_upstream_and_grpc_errors() {
+    let env = Env::new();
+    let (url, seen) = grpc_upstream().await;
+    let yaml = env.config(&url, &url).replace(
+        "    plan: enterprise\n",
+        "    plan: enterprise\n    rate: { per_second: 1, burst: 1 }\n",
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let tls = tls_connect(
+        &env,
+        running.addr("https").expect("https"),
+        Some("acme.gw.test"),
+        &[b"h2"],
+    )
+    .await;
+    let mut h2 = h2_sender(tls).await;
+
+    let resp = h2.send_request(grpc_call(b"hi")).await.expect("call");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers passed through");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[5..], b"hi");
+    let calls = seen.lock().expect("lock").clone();
+    assert_eq!(
+        calls,
+        [(
+            http::Version::HTTP_2,
+            "trailers".to_owned(),
+            "acme".to_owned()
+        )]
+    );
+
+    // Over the rate: a gRPC status, not an HTTP error page.
+    let resp = h2.send_request(grpc_call(b"again")).await.expect("call");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["grpc-status"], "8");
+    assert_eq!(resp.headers()["grpc-message"], "rate_limited");
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+}

@@ -567,6 +567,12 @@ impl Compiler {
                     Err(msg) => self.err(epath, msg),
                 }
             }
+            if endpoints.iter().any(|e| e.h2c) && !endpoints.iter().all(|e| e.h2c) {
+                self.err(
+                    format!("{path}.endpoints"),
+                    "mix of http:// and h2c:// endpoints in one pool",
+                );
+            }
             let balance = match u.balance {
                 RawBalance::RoundRobin => Balance::RoundRobin,
                 RawBalance::LeastRequests => Balance::LeastRequests,
@@ -583,15 +589,17 @@ impl Compiler {
         let uri: Uri = e
             .parse()
             .map_err(|_| format!("invalid endpoint URL {e:?}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or(format!("endpoint {e:?} needs http://"))?;
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "endpoint {e:?}: only http:// upstreams are supported"
-            ));
-        }
+        // h2c:// is HTTP/2 with prior knowledge (gRPC upstreams); the wire scheme is http.
+        let (scheme, h2c) = match uri.scheme_str() {
+            Some("http") => (Scheme::HTTP, false),
+            Some("h2c") => (Scheme::HTTP, true),
+            Some(_) => {
+                return Err(format!(
+                    "endpoint {e:?}: only http:// and h2c:// upstreams are supported"
+                ));
+            }
+            None => return Err(format!("endpoint {e:?} needs http:// or h2c://")),
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -602,7 +610,9 @@ impl Compiler {
         if authority.as_str().contains('@') {
             return Err(format!("endpoint {e:?} must not carry credentials"));
         }
-        Ok(Endpoint::new(scheme, authority))
+        let mut ep = Endpoint::new(scheme, authority);
+        ep.h2c = h2c;
+        Ok(ep)
     }
 
     fn routes(
