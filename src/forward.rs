@@ -207,7 +207,7 @@ pub async fn forward(
             } else {
                 UpstreamFailure::Exchange
             };
-            tracing::warn!(upstream = %route.upstream.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
+            tracing::warn!(upstream = %route.upstream.name, endpoint = %endpoint.authority, error = %error_chain(&e), "upstream request failed");
             return Err(GatewayError::UpstreamUnavailable(kind));
         }
         Ok(Ok(resp)) => resp,
@@ -282,6 +282,18 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// An error with its causes, `a: b: c` (the TLS reason sits deep in a connect error).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
 }
 
 /// Whether an error's cause chain holds an I/O timeout (the connector's connect timeout).

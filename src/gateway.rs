@@ -21,12 +21,12 @@ use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::server;
 use crate::snapshot::Snapshot;
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{self, UpstreamClient, UpstreamTls};
 
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream clients by connect timeout, made on first use; they outlive reloads.
-    clients: DashMap<(Duration, bool), UpstreamClient>,
+    clients: DashMap<(Duration, bool, Option<String>), UpstreamClient>,
     config_path: Option<PathBuf>,
     generation: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
@@ -79,14 +79,19 @@ impl Gateway {
 
     /// The pooled client whose connect timeout is `connect_timeout`, speaking HTTP/1.1 or,
     /// for `h2c://` pools, HTTP/2 with prior knowledge.
-    pub fn client_for(&self, connect_timeout: Duration, h2c: bool) -> UpstreamClient {
-        let key = (connect_timeout, h2c);
+    pub fn client_for(
+        &self,
+        connect_timeout: Duration,
+        h2c: bool,
+        tls: Option<&UpstreamTls>,
+    ) -> UpstreamClient {
+        let key = (connect_timeout, h2c, tls.map(|t| t.fingerprint.clone()));
         if let Some(c) = self.clients.get(&key) {
             return c.clone();
         }
         self.clients
             .entry(key)
-            .or_insert_with(|| upstream::client(connect_timeout, h2c))
+            .or_insert_with(|| upstream::client(connect_timeout, h2c, tls))
             .clone()
     }
 

@@ -190,6 +190,10 @@ async fn run_phases(
         request_id,
     };
     let h2c = route.upstream.endpoints().first().is_some_and(|e| e.h2c);
-    let client = gw.client_for(tenant.limits.connect_timeout, h2c);
+    let client = gw.client_for(
+        tenant.limits.connect_timeout,
+        h2c,
+        route.upstream.tls.as_deref(),
+    );
     forward(&client, snap, conn, &fwd, route, req, admission.permit).await
 }

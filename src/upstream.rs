@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -45,9 +46,19 @@ impl Endpoint {
     }
 }
 
+/// TLS settings of an `https://` pool, compiled.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: Option<String>,
+    /// Identifies these settings (paths and file contents), so equal settings share a client.
+    pub fingerprint: String,
+}
+
 #[derive(Debug)]
 pub struct UpstreamPool {
     pub name: Box<str>,
+    pub tls: Option<Arc<UpstreamTls>>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     next: AtomicUsize,
@@ -67,6 +78,7 @@ impl UpstreamPool {
     pub fn new(name: &str, endpoints: Vec<Endpoint>, balance: Balance) -> Self {
         Self {
             name: name.into(),
+            tls: None,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             next: AtomicUsize::new(0),
@@ -97,16 +109,44 @@ impl UpstreamPool {
     }
 }
 
-/// The pooled client to `http://` upstreams.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// The pooled client to upstreams (`http://`, `h2c://`, `https://`).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// Builds an upstream client with its own keep-alive pool, TCP_NODELAY and the given connect
 /// timeout. The gateway keeps one per distinct `connect_ms` (one per plan, typically).
-pub fn client(connect_timeout: Duration, h2c: bool) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
+pub fn client(connect_timeout: Duration, h2c: bool, tls: Option<&UpstreamTls>) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    // Plain pools never use the TLS side; it still needs a config.
+    let config = match tls {
+        Some(t) => (*t.config).clone(),
+        None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            }),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let name = tls
+        .and_then(|t| t.server_name.clone())
+        .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
+    let builder = match name {
+        Some(name) => builder.with_server_name_resolver(
+            hyper_rustls::FixedServerNameResolver::new(name),
+        ),
+        None => builder,
+    };
+    let connector = builder.enable_http1().enable_http2().wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .http2_only(h2c)
         .timer(TokioTimer::new())

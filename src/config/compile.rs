@@ -18,7 +18,7 @@ use crate::signing::SigningKey;
 use crate::snapshot::*;
 use crate::tls::{CertStore, LoadedCert, load_cert};
 use crate::token::{self, TokenAuth};
-use crate::upstream::{Balance, Endpoint, UpstreamPool};
+use crate::upstream::{Balance, Endpoint, UpstreamPool, UpstreamTls};
 use jsonwebtoken::DecodingKey;
 
 const DEFAULT_CONNECT_MS: u64 = 5_000;
@@ -577,10 +577,21 @@ impl Compiler {
                 RawBalance::RoundRobin => Balance::RoundRobin,
                 RawBalance::LeastRequests => Balance::LeastRequests,
             };
-            out.insert(
-                name.as_str().into(),
-                Arc::new(UpstreamPool::new(name, endpoints, balance)),
-            );
+            let https = endpoints.iter().filter(|e| e.scheme == Scheme::HTTPS).count();
+            if https != 0 && https != endpoints.len() {
+                self.err(
+                    format!("{path}.endpoints"),
+                    "mix of https:// and plain endpoints in one pool",
+                );
+            }
+            if https == 0 && u.tls.is_some() {
+                self.err(format!("{path}.tls"), "tls is set but no endpoint is https://");
+            }
+            let mut pool = UpstreamPool::new(name, endpoints, balance);
+            if https > 0 {
+                pool.tls = self.upstream_tls(&path, u.tls.as_ref()).map(Arc::new);
+            }
+            out.insert(name.as_str().into(), Arc::new(pool));
         }
         out
     }
@@ -592,10 +603,11 @@ impl Compiler {
         // h2c:// is HTTP/2 with prior knowledge (gRPC upstreams); the wire scheme is http.
         let (scheme, h2c) = match uri.scheme_str() {
             Some("http") => (Scheme::HTTP, false),
+            Some("https") => (Scheme::HTTPS, false),
             Some("h2c") => (Scheme::HTTP, true),
             Some(_) => {
                 return Err(format!(
-                    "endpoint {e:?}: only http:// and h2c:// upstreams are supported"
+                    "endpoint {e:?}: only http://, https:// and h2c:// upstreams are supported"
                 ));
             }
             None => return Err(format!("endpoint {e:?} needs http:// or h2c://")),
@@ -694,6 +706,93 @@ impl Compiler {
         };
         self.certs_by_path.insert(key, loaded.clone());
         loaded
+    }
+
+    /// The client TLS settings of an `https://` pool: CA bundle or system roots, optional client
+    /// certificate, optional server name; aws-lc-rs, TLS 1.2 and 1.3.
+    fn upstream_tls(&mut self, path: &str, t: Option<&RawUpstreamTls>) -> Option<UpstreamTls> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut fingerprint = String::new();
+        let mut roots = rustls::RootCertStore::empty();
+        match t.and_then(|t| t.ca_file.as_ref()) {
+            Some(ca) => {
+                let certs: Result<Vec<CertificateDer<'static>>, _> =
+                    CertificateDer::pem_file_iter(ca).and_then(|it| it.collect());
+                match certs {
+                    Ok(certs) if !certs.is_empty() => {
+                        for c in certs {
+                            fingerprint.push_str(&super::content_hash(c.as_ref()));
+                            if roots.add(c).is_err() {
+                                self.err(format!("{path}.tls.ca_file"), "invalid CA certificate");
+                            }
+                        }
+                    }
+                    _ => {
+                        self.err(
+                            format!("{path}.tls.ca_file"),
+                            format!("cannot read a PEM CA bundle from {}", ca.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for c in native.certs {
+                    let _ = roots.add(c);
+                }
+                fingerprint.push_str("system-roots");
+            }
+        }
+        let builder = match rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        {
+            Ok(b) => b.with_root_certificates(roots),
+            Err(e) => {
+                self.err(format!("{path}.tls"), e.to_string());
+                return None;
+            }
+        };
+        let config = match t.and_then(|t| t.client_cert.as_ref()) {
+            Some(cc) => {
+                let chain: Result<Vec<CertificateDer<'static>>, _> =
+                    CertificateDer::pem_file_iter(&cc.cert).and_then(|it| it.collect());
+                let key = PrivateKeyDer::from_pem_file(&cc.key);
+                match (chain, key) {
+                    (Ok(chain), Ok(key)) if !chain.is_empty() => {
+                        fingerprint.push_str(&super::content_hash(chain[0].as_ref()));
+                        match builder.with_client_auth_cert(chain, key) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                self.err(format!("{path}.tls.client_cert"), e.to_string());
+                                return None;
+                            }
+                        }
+                    }
+                    _ => {
+                        self.err(
+                            format!("{path}.tls.client_cert"),
+                            "cannot read the client certificate and key (PEM)",
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let server_name = t.and_then(|t| t.server_name.clone());
+        if let Some(n) = &server_name {
+            if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                self.err(format!("{path}.tls.server_name"), format!("invalid name {n:?}"));
+            }
+            fingerprint.push_str(n);
+        }
+        Some(UpstreamTls {
+            config: Arc::new(config),
+            server_name,
+            fingerprint,
+        })
     }
 
     /// Compiles `cluster.rate_limit_store.redis`.

@@ -247,6 +247,23 @@ pub struct RawUpstream {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub balance: RawBalance,
+    /// For `https://` endpoints.
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle to verify the upstream with; default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate to present (mTLS to a dedicated deployment).
+    #[serde(default)]
+    pub client_cert: Option<RawCertRef>,
+    /// SNI and the name verified in the upstream's certificate; default: the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
