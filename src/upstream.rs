@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -141,9 +141,9 @@ pub fn client(connect_timeout: Duration, h2c: bool, tls: Option<&UpstreamTls>) -
         .and_then(|t| t.server_name.clone())
         .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
     let builder = match name {
-        Some(name) => builder.with_server_name_resolver(
-            hyper_rustls::FixedServerNameResolver::new(name),
-        ),
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
         None => builder,
     };
     let connector = builder.enable_http1().enable_http2().wrap_connector(http);

@@ -345,3 +345,141 @@ async fn grpc_unary_over_tls_to_an_h2c_upstream_and_grpc_errors() {
     assert_eq!(resp.headers()["grpc-message"], "rate_limited");
     assert_eq!(seen.lock().expect("lock").len(), 1);
 }
+
+/// An HTTPS upstream that requires a client certificate from `dir`'s CA; answers "mtls-ok".
+async fn mtls_upstream(dir: &std::path::Path) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = tenant_gateway::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("ca.crt")).expect("ca") {
+        roots.add(c.expect("ca pem")).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("default.crt"))
+            .expect("cert")
+            .collect::<Result<_, _>>()
+            .expect("pem");
+    let key = PrivateKeyDer::from_pem_file(dir.join("default.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                        "mtls-ok",
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client certificate (clientAuth) from `dir`'s CA.
+fn client_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).expect("ca key"))
+            .expect("ca key");
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).expect("ca");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["gateway.upstream.test".to_owned()]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let (c, k) = (dir.join("client.crt"), dir.join("client.key"));
+    std::fs::write(&c, cert.pem()).expect("write");
+    std::fs::write(&k, key.serialize_pem()).expect("write");
+    (c, k)
+}
+
+/// Collects log output in memory.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn https_upstream_with_ca_and_client_certificate_and_a_wrong_ca_is_502() {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let env = Env::new();
+    let upstream_ca = tempfile::tempdir().expect("tempdir");
+    tenant_gateway::devcerts::write(upstream_ca.path(), "upstream.test", &[]).expect("certs");
+    let (cc, ck) = client_cert(upstream_ca.path());
+    let addr = mtls_upstream(upstream_ca.path()).await;
+    let url = format!("https://{addr}");
+    let pool = |ca: &std::path::Path| {
+        format!(
+            "acme-dedicated: {{ endpoints: [\"{url}\"], tls: {{ ca_file: {}, server_name: api.upstream.test, client_cert: {{ cert: {}, key: {} }} }} }}",
+            ca.display(),
+            cc.display(),
+            ck.display()
+        )
+    };
+    let base = env.config("http://127.0.0.1:9", &url);
+    let dedicated_line = format!("acme-dedicated: {{ endpoints: [\"{url}\"] }}");
+    let good = base.replace(&dedicated_line, &pool(&upstream_ca.path().join("ca.crt")));
+    let (_gw, running) = env.start(&good).await;
+    let got = h1(
+        running.addr("http").expect("http"),
+        get("acme.gw.test", "/"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(got.body, "mtls-ok");
+    running.shutdown().await;
+
+    // The tenants' CA does not vouch for the upstream: 502, and the log says why.
+    let env2 = Env::new();
+    let bad = base.replace(&dedicated_line, &pool(&env2.path("ca.crt")));
+    let (_gw, running) = env.start(&bad).await;
+    let got = h1(
+        running.addr("http").expect("http"),
+        get("acme.gw.test", "/"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.json()["error"], "upstream_unavailable");
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("lock")).to_string();
+    assert!(
+        text.contains("upstream request failed") && text.contains("invalid peer certificate"),
+        "{text}"
+    );
+}

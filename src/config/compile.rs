@@ -577,7 +577,10 @@ impl Compiler {
                 RawBalance::RoundRobin => Balance::RoundRobin,
                 RawBalance::LeastRequests => Balance::LeastRequests,
             };
-            let https = endpoints.iter().filter(|e| e.scheme == Scheme::HTTPS).count();
+            let https = endpoints
+                .iter()
+                .filter(|e| e.scheme == Scheme::HTTPS)
+                .count();
             if https != 0 && https != endpoints.len() {
                 self.err(
                     format!("{path}.endpoints"),
@@ -585,7 +588,10 @@ impl Compiler {
                 );
             }
             if https == 0 && u.tls.is_some() {
-                self.err(format!("{path}.tls"), "tls is set but no endpoint is https://");
+                self.err(
+                    format!("{path}.tls"),
+                    "tls is set but no endpoint is https://",
+                );
             }
             let mut pool = UpstreamPool::new(name, endpoints, balance);
             if https > 0 {
@@ -784,7 +790,10 @@ impl Compiler {
         let server_name = t.and_then(|t| t.server_name.clone());
         if let Some(n) = &server_name {
             if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
-                self.err(format!("{path}.tls.server_name"), format!("invalid name {n:?}"));
+                self.err(
+                    format!("{path}.tls.server_name"),
+                    format!("invalid name {n:?}"),
+                );
             }
             fingerprint.push_str(n);
         }
