@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::error::{GatewayError, UpstreamFailure};
+use crate::gateway::Gateway;
 use crate::headers::{forwarding, hop};
 use crate::limits::TenantStats;
 use crate::proxy::ConnInfo;
@@ -22,7 +23,7 @@ use crate::snapshot::{Route, Snapshot, Tenant};
 use crate::tenant::Identity;
 use crate::upstream::UpstreamClient;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// What the identity phases learned, for the signed headers.
@@ -108,7 +109,9 @@ pub fn rewrite_request_head(
 /// `permit` (the tenant's concurrency slot) is held until the response body has been sent.
 /// A body over the tenant's `max_body_bytes` is refused up front when `Content-Length` says so,
 /// and cut off (never forwarded whole) when it grows past the limit while streaming.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
+    gw: &Gateway,
     client: &UpstreamClient,
     snap: &Snapshot,
     conn: &ConnInfo,
@@ -215,10 +218,18 @@ pub async fn forward(
     if let (Some(protocol), Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (upgrade, client_upgrade, resp.status())
     {
+        let watch = UpgradeWatch {
+            idle: snap.limits.idle_timeout,
+            tenant: fwd.tenant.name.clone(),
+            close_on_suspend: snap.limits.close_upgraded_on_suspend,
+            cell: gw.snapshot_cell(),
+            reloads: gw.subscribe_reloads(),
+        };
         return Ok(splice_upgrade(
             resp,
             client_upgrade,
             protocol,
+            watch,
             (in_flight, permit),
         ));
     }
@@ -250,10 +261,14 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// Answers the client's upgrade with the upstream's 101 and copies bytes both ways until either
 /// side closes. `guard` (the endpoint's in-flight count and the tenant's concurrency slot) lives
 /// as long as the upgraded connection.
+///
+/// The splice ends when either side closes, after `idle_timeout` without a byte either way, or
+/// (when `close_upgraded_on_suspend`) when a reload suspends or removes the tenant.
 fn splice_upgrade<G: Send + 'static>(
     mut upstream_resp: Response<Incoming>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     protocol: HeaderValue,
+    watch: UpgradeWatch,
     guard: G,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
@@ -268,11 +283,111 @@ fn splice_upgrade<G: Send + 'static>(
         let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
             return;
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let last = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        let mut client = Activity {
+            inner: hyper_util::rt::TokioIo::new(client),
+            last: last.clone(),
+            started,
+        };
+        let mut upstream = Activity {
+            inner: hyper_util::rt::TokioIo::new(upstream),
+            last: last.clone(),
+            started,
+        };
+        let tenant = watch.tenant.clone();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+            _ = idle(last, started, watch.idle) => {
+                tracing::debug!(%tenant, "upgraded connection idle; closing");
+            }
+            _ = suspended(watch) => {
+                tracing::info!(%tenant, "tenant suspended or removed; closing upgraded connection");
+            }
+        }
     });
     Response::from_parts(rparts, body::full(Bytes::new()))
+}
+
+/// What an upgraded connection watches while it lives.
+struct UpgradeWatch {
+    idle: std::time::Duration,
+    tenant: Box<str>,
+    close_on_suspend: bool,
+    cell: Arc<arc_swap::ArcSwap<Snapshot>>,
+    reloads: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Resolves once nothing has moved for `limit` (checked a few times per period).
+async fn idle(last: Arc<AtomicU64>, started: std::time::Instant, limit: std::time::Duration) {
+    let tick = (limit / 4).max(std::time::Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(tick).await;
+        let quiet_since = std::time::Duration::from_millis(last.load(Ordering::Relaxed));
+        if started.elapsed().saturating_sub(quiet_since) >= limit {
+            return;
+        }
+    }
+}
+
+/// Resolves when a reload suspends or removes the tenant (never, if not configured).
+async fn suspended(mut w: UpgradeWatch) {
+    if !w.close_on_suspend {
+        return std::future::pending().await;
+    }
+    while w.reloads.changed().await.is_ok() {
+        let snap = w.cell.load();
+        let active = snap
+            .tenant_ids
+            .get(&w.tenant)
+            .is_some_and(|id| snap.tenant(*id).status == crate::snapshot::TenantStatus::Active);
+        if !active {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// An I/O wrapper that records when bytes last moved (ms since `started`).
+struct Activity<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    started: std::time::Instant,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last
+                .store(this.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -34,6 +34,8 @@ pub struct Gateway {
     draining: AtomicBool,
     /// The cluster rate-limit store, made at start from `cluster.rate_limit_store`.
     store: Option<Arc<RedisStore>>,
+    /// Bumped on every good reload (upgraded connections re-check their tenant).
+    reloads: watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -49,6 +51,7 @@ impl Gateway {
             metrics: Metrics::new(snapshot.clone()),
             draining: AtomicBool::new(false),
             store,
+            reloads: watch::channel(1).0,
             snapshot,
             clients: DashMap::new(),
             config_path,
@@ -97,6 +100,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Notified with the generation after every good reload.
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// The shared rate-limit store, in cluster mode.
@@ -166,6 +174,7 @@ impl Gateway {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
                 Metrics::count(&self.metrics.reloads, "result", "ok");
+                self.reloads.send_replace(generation);
                 self.metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, hash = %hash, %summary, "config reloaded");
                 Ok(generation)

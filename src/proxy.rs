@@ -195,5 +195,5 @@ async fn run_phases(
         h2c,
         route.upstream.tls.as_deref(),
     );
-    forward(&client, snap, conn, &fwd, route, req, admission.permit).await
+    forward(gw, &client, snap, conn, &fwd, route, req, admission.permit).await
 }

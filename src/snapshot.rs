@@ -128,6 +128,7 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub close_upgraded_on_suspend: bool,
 }
 
 /// Which sources may identify a tenant (SPEC `tenancy.sources`).

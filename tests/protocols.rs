@@ -483,3 +483,113 @@ async fn https_upstream_with_ca_and_client_certificate_and_a_wrong_ca_is_502() {
         "{text}"
     );
 }
+
+async fn open_ws(
+    http: std::net::SocketAddr,
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let stream = TcpStream::connect(http).await.expect("connect");
+    tokio_tungstenite::client_async(req, stream)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// True if the server side ends the WebSocket within `within`.
+async fn closed_within(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn websockets_close_when_idle_or_when_the_tenant_is_suspended_and_tokens_must_agree() {
+    let env = Env::new();
+    let (url, seen) = ws_echo().await;
+    std::fs::write(env.path("jwt.secret"), "ws-test-hmac-secret-0123456789").expect("write");
+    let yaml = env
+        .config(&url, &url)
+        .replace(
+            "tls:\n  default_certificate",
+            "limits: { idle_timeout_ms: 400 }\ntls:\n  default_certificate",
+        )
+        .replace("sources: [sni, host]", "sources: [sni, host, token]")
+        .replace(
+            "plans:",
+            &format!(
+                "token: {{ algorithms: [HS256], keys: [ {{ kid: k, secret_file: {} }} ] }}\nplans:",
+                env.path("jwt.secret").display()
+            ),
+        );
+    let (gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+
+    // A token for globex on acme's host: 403 before the upgrade reaches the upstream.
+    let claims = serde_json::json!({"tenant_id": "globex", "exp": tenant_gateway::signing::unix_now() + 300});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"ws-test-hmac-secret-0123456789"),
+    )
+    .expect("token");
+    let mut req = ws_request("acme.gw.test");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    match open_ws(http, req).await.expect_err("refused") {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(seen.lock().expect("lock").is_empty());
+
+    // Busy connections stay open past the idle timeout; a quiet one is closed.
+    let mut busy = open_ws(http, ws_request("acme.gw.test"))
+        .await
+        .expect("open");
+    for _ in 0..8 {
+        busy.send(Message::text("ping")).await.expect("send");
+        assert_eq!(
+            busy.next().await.expect("frame").expect("ok"),
+            Message::text("ping")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed_within(&mut busy, Duration::from_secs(2)).await,
+        "idle connection closed"
+    );
+
+    // A reload that suspends the tenant closes its open WebSocket.
+    let mut ws = open_ws(http, ws_request("globex.gw.test"))
+        .await
+        .expect("open");
+    ws.send(Message::text("x")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::text("x")
+    );
+    env.write_config(&yaml.replace(
+        "  globex:\n    plan: free\n",
+        "  globex:\n    plan: free\n    status: suspended\n",
+    ));
+    gw.reload().expect("reload");
+    assert!(
+        closed_within(&mut ws, Duration::from_millis(300)).await,
+        "closed on suspend"
+    );
+}

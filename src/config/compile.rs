@@ -369,6 +369,7 @@ impl Compiler {
             max_header_bytes: l.max_header_bytes as usize,
             max_connections: l.max_connections as usize,
             shutdown_grace: Duration::from_millis(l.shutdown_grace_ms),
+            close_upgraded_on_suspend: l.close_upgraded_on_suspend,
         }
     }
 

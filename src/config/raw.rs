@@ -67,6 +67,8 @@ pub struct RawLimits {
     pub max_header_bytes: u64,
     pub max_connections: u64,
     pub shutdown_grace_ms: u64,
+    /// Close a tenant's upgraded connections (WebSockets) when a reload suspends or removes it.
+    pub close_upgraded_on_suspend: bool,
 }
 
 impl Default for RawLimits {
@@ -78,6 +80,7 @@ impl Default for RawLimits {
             max_header_bytes: 32_768,
             max_connections: 20_000,
             shutdown_grace_ms: 30_000,
+            close_upgraded_on_suspend: true,
         }
     }
 }
