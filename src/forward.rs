@@ -224,6 +224,7 @@ pub async fn forward(
             close_on_suspend: snap.limits.close_upgraded_on_suspend,
             cell: gw.snapshot_cell(),
             reloads: gw.subscribe_reloads(),
+            open: gw.upgraded.clone(),
         };
         return Ok(splice_upgrade(
             resp,
@@ -278,8 +279,10 @@ fn splice_upgrade<G: Send + 'static>(
     rparts
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    watch.open.fetch_add(1, Ordering::Relaxed);
+    let open = OpenUpgrade(watch.open.clone());
     tokio::spawn(async move {
-        let _guard = guard;
+        let _guard = (guard, open);
         let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
             return;
         };
@@ -316,6 +319,17 @@ struct UpgradeWatch {
     close_on_suspend: bool,
     cell: Arc<arc_swap::ArcSwap<Snapshot>>,
     reloads: tokio::sync::watch::Receiver<u64>,
+    /// The gateway's count of open upgraded connections.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts an upgraded connection while it lives.
+struct OpenUpgrade(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenUpgrade {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Resolves once nothing has moved for `limit` (checked a few times per period).

@@ -36,6 +36,8 @@ pub struct Gateway {
     store: Option<Arc<RedisStore>>,
     /// Bumped on every good reload (upgraded connections re-check their tenant).
     reloads: watch::Sender<u64>,
+    /// Upgraded (WebSocket) connections open now; a drain waits for them up to the grace period.
+    pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Gateway {
@@ -52,6 +54,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             store,
             reloads: watch::channel(1).0,
+            upgraded: Arc::default(),
             snapshot,
             clients: DashMap::new(),
             config_path,
@@ -261,11 +264,18 @@ impl Running {
     /// `/readyz` answers 503 from the start of the drain; the admin listener closes last.
     pub async fn shutdown(mut self) {
         self.gateway.draining.store(true, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let _ = self.shutdown.send(true);
         let mut admin_closed = false;
         while self.tasks.join_next().await.is_some() {
             // Every listener but the admin one has drained once one task is left.
             if !admin_closed && self.tasks.len() <= 1 {
+                // Upgraded connections left hyper's accounting at the 101: wait for them here.
+                let grace = self.gateway.snapshot().limits.shutdown_grace;
+                while self.gateway.upgraded.load(Ordering::Relaxed) > 0 && started.elapsed() < grace
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 let _ = self.admin_shutdown.send(true);
                 admin_closed = true;
             }

@@ -593,3 +593,33 @@ async fn websockets_close_when_idle_or_when_the_tenant_is_suspended_and_tokens_m
         "closed on suspend"
     );
 }
+
+#[tokio::test]
+async fn a_drain_waits_for_open_websockets_within_the_grace_period() {
+    let env = Env::new();
+    let (url, _) = ws_echo().await;
+    let (_gw, running) = env.start(&env.config(&url, &url)).await;
+    let http = running.addr("http").expect("http");
+    let mut ws = open_ws(http, ws_request("acme.gw.test"))
+        .await
+        .expect("open");
+
+    let drain = tokio::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !drain.is_finished(),
+        "the drain waits for the open WebSocket"
+    );
+    ws.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::text("still here")
+    );
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(3), drain)
+        .await
+        .expect("drain ends once the WebSocket closed")
+        .expect("join");
+}
