@@ -29,6 +29,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
     let mut c = Compiler {
         errors: ConfigErrors::default(),
         certs_by_path: HashMap::new(),
+        files: Vec::new(),
     };
     if raw.version != 1 {
         c.err("version", format!("unsupported version {}", raw.version));
@@ -235,6 +236,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                 .keys()
                 .flat_map(|(c, k)| [c.clone(), k.clone()])
                 .chain(raw.token.as_ref().and_then(|t| t.jwks_file.clone()))
+                .chain(std::mem::take(&mut c.files))
                 .collect(),
         }),
         _ => Err(c.errors),
@@ -304,6 +306,8 @@ struct Compiler {
     errors: ConfigErrors,
     /// Certificates already loaded in this compile, so one file pair is read once.
     certs_by_path: HashMap<(PathBuf, PathBuf), Option<Arc<LoadedCert>>>,
+    /// Other files the config names (upstream CA bundles and client certificates), watched.
+    files: Vec<PathBuf>,
 }
 
 impl Compiler {
@@ -722,6 +726,12 @@ impl Compiler {
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         let mut fingerprint = String::new();
         let mut roots = rustls::RootCertStore::empty();
+        if let Some(t) = t {
+            self.files.extend(t.ca_file.iter().cloned());
+            if let Some(cc) = &t.client_cert {
+                self.files.extend([cc.cert.clone(), cc.key.clone()]);
+            }
+        }
         match t.and_then(|t| t.ca_file.as_ref()) {
             Some(ca) => {
                 let certs: Result<Vec<CertificateDer<'static>>, _> =
