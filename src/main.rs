@@ -18,6 +18,9 @@ struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    /// Async worker threads [default: one per core].
+    #[arg(long, global = true, env = "GATEWAY_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,8 +70,10 @@ fn main() -> ExitCode {
             domain,
             tenants,
         } => dev_certs(&out, &domain, &tenants),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
-        Command::Demo { config } => runtime().and_then(|rt| rt.block_on(run_demo(&config))),
+        Command::Run { config } => runtime(cli.workers).and_then(|rt| rt.block_on(run(&config))),
+        Command::Demo { config } => {
+            runtime(cli.workers).and_then(|rt| rt.block_on(run_demo(&config)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,8 +95,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
