@@ -24,14 +24,20 @@ fn as_request(seen: &Seen) -> Request<()> {
     req
 }
 
-#[tokio::test]
-async fn host_names_the_tenant_and_the_signature_verifies_and_spoofed_headers_are_stripped() {
+/// The standard config with a shared and a dedicated (acme) upstream, started.
+async fn two_pools() -> (Env, Upstream, Upstream, tenant_gateway::Running) {
     let env = Env::new();
     let shared = Upstream::start("shared").await;
     let dedicated = Upstream::start("dedicated").await;
     let (_gw, running) = env
         .start(&env.config(&shared.url(), &dedicated.url()))
         .await;
+    (env, shared, dedicated, running)
+}
+
+#[tokio::test]
+async fn host_names_the_tenant_and_the_signature_verifies_and_spoofed_headers_are_stripped() {
+    let (_env, shared, dedicated, running) = two_pools().await;
     let http = running.addr("http").expect("http");
 
     let req = Request::builder()
@@ -113,12 +119,7 @@ async fn unknown_and_suspended_tenants_are_refused_with_specs_json() {
 
 #[tokio::test]
 async fn sni_selects_the_tenant_certificate_and_must_agree_with_host() {
-    let env = Env::new();
-    let shared = Upstream::start("shared").await;
-    let dedicated = Upstream::start("dedicated").await;
-    let (_gw, running) = env
-        .start(&env.config(&shared.url(), &dedicated.url()))
-        .await;
+    let (env, shared, dedicated, running) = two_pools().await;
     let https = running.addr("https").expect("https");
 
     let acme = tls_connect(&env, https, Some("acme.gw.test"), &[b"http/1.1"]).await;
@@ -155,12 +156,7 @@ async fn sni_selects_the_tenant_certificate_and_must_agree_with_host() {
 
 #[tokio::test]
 async fn http2_over_tls_checks_every_stream() {
-    let env = Env::new();
-    let shared = Upstream::start("shared").await;
-    let dedicated = Upstream::start("dedicated").await;
-    let (_gw, running) = env
-        .start(&env.config(&shared.url(), &dedicated.url()))
-        .await;
+    let (env, shared, dedicated, running) = two_pools().await;
     let https = running.addr("https").expect("https");
 
     let conn = tls_connect(&env, https, Some("acme.gw.test"), &[b"h2", b"http/1.1"]).await;
@@ -183,12 +179,7 @@ async fn http2_over_tls_checks_every_stream() {
 
 #[tokio::test]
 async fn tenant_route_override_picks_the_dedicated_pool() {
-    let env = Env::new();
-    let shared = Upstream::start("shared").await;
-    let dedicated = Upstream::start("dedicated").await;
-    let (_gw, running) = env
-        .start(&env.config(&shared.url(), &dedicated.url()))
-        .await;
+    let (_env, shared, dedicated, running) = two_pools().await;
     let http = running.addr("http").expect("http");
 
     for _ in 0..3 {
