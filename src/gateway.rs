@@ -173,6 +173,7 @@ impl Gateway {
                 );
                 drop(current);
                 let hash = next.content_hash.clone();
+                next.start_background();
                 self.snapshot.store(Arc::new(next));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
@@ -196,6 +197,7 @@ impl Gateway {
     /// Binds every listener of the current snapshot and starts serving.
     pub async fn start(self: &Arc<Self>) -> io::Result<Running> {
         let snap = self.snapshot();
+        snap.start_background();
         let tls = server::tls_acceptor(self.snapshot_cell()).map_err(io::Error::other)?;
         let connections = Arc::new(Semaphore::new(snap.limits.max_connections));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

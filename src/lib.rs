@@ -28,6 +28,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

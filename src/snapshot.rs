@@ -99,6 +99,21 @@ impl Snapshot {
             }
             t.stats = o.stats.clone();
         }
+        // The same jwks_url keeps its fetched set and its fetcher.
+        if let (Some(new), Some(prev)) = (
+            self.token.as_mut().and_then(|t| t.remote.as_mut()),
+            old.token.as_ref().and_then(|t| t.remote.as_ref()),
+        ) && new.url == prev.url
+        {
+            *new = prev.clone();
+        }
+    }
+
+    /// Starts background work this snapshot needs (the JWKS fetcher); idempotent.
+    pub fn start_background(&self) {
+        if let Some(remote) = self.token.as_ref().and_then(|t| t.remote.as_ref()) {
+            remote.ensure_started();
+        }
     }
 
     /// Number of distinct routes (global plus per-tenant).

@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -60,6 +60,8 @@ pub struct TokenAuth {
     base: Validation,
     keys: HashMap<String, VerifyKey>,
     jwks: Option<JwksFile>,
+    /// `jwks_url`: fetched in the background; adopted across reloads.
+    pub remote: Option<Arc<crate::jwks::RemoteJwks>>,
     forward_claims: Vec<(String, HeaderName)>,
     cache: TokenCache,
 }
@@ -200,6 +202,7 @@ impl TokenAuth {
                 ),
                 generation: AtomicU64::new(0),
             }),
+            remote: None,
             forward_claims,
             cache: TokenCache::new(CACHE_CAPACITY),
         })
@@ -248,7 +251,7 @@ impl TokenAuth {
         let data = match header.kid.as_deref() {
             Some(kid) => self.verify_with_kid(token, kid)?,
             // No kid: only unambiguous with exactly one static key and no JWKS.
-            None if self.keys.len() == 1 && self.jwks.is_none() => {
+            None if self.keys.len() == 1 && self.jwks.is_none() && self.remote.is_none() => {
                 let k = self
                     .keys
                     .values()
@@ -268,6 +271,13 @@ impl TokenAuth {
     ) -> Result<serde_json::Map<String, Value>, GatewayError> {
         if let Some(k) = self.keys.get(kid) {
             return decode(token, k);
+        }
+        if let Some(remote) = &self.remote {
+            if let Some(k) = remote.keys.load().get(kid) {
+                return decode(token, k);
+            }
+            // Unknown to the provider's last set too: ask for a fresh one (rate-limited).
+            remote.request_refresh();
         }
         let Some(jwks) = &self.jwks else {
             return Err(GatewayError::InvalidToken);

@@ -484,3 +484,122 @@ async fn routes_can_require_a_token_and_api_keys_are_a_source() {
     assert_eq!(got.status, StatusCode::UNAUTHORIZED);
     assert_eq!(got.json()["error"], "invalid_api_key");
 }
+
+/// An identity provider serving a JWKS document that the test can change or take down.
+struct Idp {
+    url: String,
+    doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn idp(initial: String) -> Idp {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("addr")
+    );
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(initial)));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, f) = (doc.clone(), fetches.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (d, f) = (d.clone(), f.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let (d, f) = (d.clone(), f.clone());
+                    async move {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        let body = d.lock().expect("lock").clone();
+                        let resp = match body {
+                            Some(b) => http::Response::new(Full::new(Bytes::from(b))),
+                            None => http::Response::builder()
+                                .status(503)
+                                .body(Full::new(Bytes::new()))
+                                .expect("response"),
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    Idp { url, doc, fetches }
+}
+
+#[tokio::test]
+async fn jwks_url_is_fetched_refreshed_on_an_unknown_kid_and_kept_when_the_idp_is_down() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let provider = idp(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string()).await;
+    let yaml = token_config(&env, &keys, &up.url(), 5).replace(
+        &format!("  jwks_file: {}/jwks.json\n", env.dir.path().display()),
+        &format!("  jwks_url: {}\n", provider.url),
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let token_for = |kid: &str, key: &rcgen::KeyPair| {
+        let k = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec");
+        sign(Algorithm::ES256, kid, &k, &claims("acme", 300))
+    };
+    let poll_ok = |token: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = h1(http, with_token("acme.gw.test", "/", &token)).await;
+            if got.status == StatusCode::OK {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Fetched at start.
+    assert!(
+        poll_ok(token_for("idp-1", &keys.ec)).await,
+        "key from jwks_url accepted"
+    );
+
+    // Rotation: the provider publishes a new key; a token naming it triggers a re-fetch.
+    *provider.doc.lock().expect("lock") =
+        Some(json!({ "keys": [jwk("idp-1", &keys.ec), jwk("idp-2", &keys.rotated)] }).to_string());
+    let before = provider.fetches.load(Ordering::Relaxed);
+    assert!(
+        poll_ok(token_for("idp-2", &keys.rotated)).await,
+        "rotated key accepted"
+    );
+    assert!(provider.fetches.load(Ordering::Relaxed) > before);
+
+    // Provider down: the last good set keeps serving; unknown kids do not hammer it.
+    *provider.doc.lock().expect("lock") = None;
+    let stranger = rcgen::KeyPair::generate().expect("key");
+    let fetches = provider.fetches.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        let got = h1(
+            http,
+            with_token("acme.gw.test", "/", &token_for("nope", &stranger)),
+        )
+        .await;
+        assert_invalid_token(&got, "unknown kid while the provider is down");
+    }
+    assert!(
+        provider.fetches.load(Ordering::Relaxed) <= fetches + 1,
+        "re-fetches are rate-limited"
+    );
+    let got = h1(
+        http,
+        with_token("acme.gw.test", "/", &token_for("idp-2", &keys.rotated)),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "last good set still serving");
+}

@@ -941,14 +941,26 @@ impl Compiler {
                 }
             }
         });
-        if t.jwks_url.is_some() {
-            self.err(
-                "token.jwks_url",
-                "jwks_url is not supported yet: have your deployment sync the set to jwks_file (it is re-read on an unknown kid)",
-            );
-        }
-        if t.keys.is_empty() && t.jwks_file.is_none() {
-            self.err("token", "configure keys or jwks_file");
+        let remote_url = t
+            .jwks_url
+            .as_ref()
+            .and_then(|u| match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("https" | "http"))
+                        && uri.host().is_some() =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.err("token.jwks_url", format!("{u:?} is not an http(s) URL"));
+                    None
+                }
+            });
+        let remote_tls = remote_url
+            .as_ref()
+            .and_then(|_| self.upstream_tls("token.jwks_url", None));
+        if t.keys.is_empty() && t.jwks_file.is_none() && t.jwks_url.is_none() {
+            self.err("token", "configure keys, jwks_file or jwks_url");
         }
         let mut forward = Vec::new();
         for (i, claim) in t.forward_claims.iter().enumerate() {
@@ -973,8 +985,14 @@ impl Compiler {
         if self.errors.0.len() != errors_before {
             return None;
         }
+        let remote = remote_url.zip(remote_tls).map(|(url, tls)| {
+            crate::jwks::RemoteJwks::new(url, base.clone(), allowed.clone(), Arc::new(tls))
+        });
         match TokenAuth::new(&t.tenant_claim, allowed, base, keys, jwks, forward) {
-            Ok(auth) => Some(auth),
+            Ok(mut auth) => {
+                auth.remote = remote;
+                Some(auth)
+            }
             Err(e) => {
                 self.err("token.keys", e);
                 None
