@@ -89,12 +89,12 @@ impl Drop for RedisServer {
 
 /// The standard config, acme at 5/s burst 10, limits shared through `redis`.
 fn cluster_config(env: &Env, upstream: &str, redis: &RedisServer, on_error: &str) -> String {
-    env.config(upstream, upstream)
-        .replace(
-            "    plan: enterprise\n",
-            "    plan: enterprise\n    rate: { per_second: 5, burst: 10 }\n",
-        )
-        .replace(
+    with_tenant_lines(
+        &env.config(upstream, upstream),
+        "acme",
+        "    rate: { per_second: 5, burst: 10 }\n",
+    )
+    .replace(
             "plans:",
             &format!(
                 "cluster:\n  rate_limit_store:\n    redis: {{ url: \"{}\", on_error: {on_error}, timeout_ms: 10, replicas: 2, failure_threshold: 3, open_ms: 300, key_prefix: \"test:{}:\" }}\nplans:",
@@ -164,7 +164,7 @@ async fn burst(addr: std::net::SocketAddr, n: usize) -> (Vec<StatusCode>, Durati
     let mut slowest = Duration::ZERO;
     for _ in 0..n {
         let started = Instant::now();
-        statuses.push(h1(addr, get("acme.gw.test", "/")).await.status);
+        statuses.push(status(addr, "acme.gw.test", "/").await);
         slowest = slowest.max(started.elapsed());
     }
     (statuses, slowest)
@@ -253,10 +253,7 @@ async fn a_paused_redis_costs_at_most_the_timeout_and_limits_resume_when_it_is_b
         .start(&cluster_config(&env, &up.url(), &redis, "allow"))
         .await;
     let http = running.addr("http").expect("http");
-    assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
 
     // Paused for 3 s: every request is answered (allow) well before the pause ends.
     assert_eq!(redis.command("CLIENT PAUSE 3000 ALL"), "+OK");

@@ -12,10 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The standard test config with extra per-tenant settings for acme (YAML lines, indented).
 fn acme_with(env: &Env, upstream: &str, extra: &str) -> String {
-    env.config(upstream, upstream).replace(
-        "    plan: enterprise\n",
-        &format!("    plan: enterprise\n{extra}"),
-    )
+    with_tenant_lines(&env.config(upstream, upstream), "acme", extra)
 }
 
 #[tokio::test]
@@ -68,10 +65,7 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_are_unaffec
 
     // After the advertised Retry-After, the tenant is admitted again.
     tokio::time::sleep(Duration::from_secs(retry)).await;
-    assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -83,25 +77,19 @@ async fn a_reload_keeps_an_unchanged_bucket_and_a_raised_quota_starts_a_new_one(
     let http = running.addr("http").expect("http");
 
     for _ in 0..3 {
-        assert_eq!(
-            h1(http, get("acme.gw.test", "/")).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
     }
     assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
+        status(http, "acme.gw.test", "/").await,
         StatusCode::TOO_MANY_REQUESTS
     );
 
     // Same quota (and a new tenant, so the config really changed): still limited.
     env.write_config(&format!("{yaml}  hooli:\n    plan: free\n"));
     gw.reload().expect("reload");
+    assert_eq!(status(http, "hooli.gw.test", "/").await, StatusCode::OK);
     assert_eq!(
-        h1(http, get("hooli.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
+        status(http, "acme.gw.test", "/").await,
         StatusCode::TOO_MANY_REQUESTS,
         "an unchanged quota must not hand out a fresh burst"
     );
@@ -109,10 +97,7 @@ async fn a_reload_keeps_an_unchanged_bucket_and_a_raised_quota_starts_a_new_one(
     // A raised quota is a new bucket.
     env.write_config(&yaml.replace("per_second: 1, burst: 3", "per_second: 100, burst: 200"));
     gw.reload().expect("reload");
-    assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -143,10 +128,7 @@ async fn max_concurrent_two_serves_two_of_six_parallel_requests() {
     assert_eq!((ok, overloaded), (2, 4));
     // The slots come back once the responses are done: another tenant was never affected, and
     // acme is served again.
-    assert_eq!(
-        h1(http, get("acme.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
 }
 
 #[tokio::test]

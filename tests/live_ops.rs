@@ -57,7 +57,7 @@ async fn a_config_replaced_by_rename_is_picked_up_and_a_broken_one_is_refused() 
     let http = running.addr("http").expect("http");
     let admin = running.addr("admin").expect("admin");
     assert_eq!(
-        h1(http, get("hooli.gw.test", "/")).await.status,
+        status(http, "hooli.gw.test", "/").await,
         StatusCode::NOT_FOUND
     );
 
@@ -65,7 +65,7 @@ async fn a_config_replaced_by_rename_is_picked_up_and_a_broken_one_is_refused() 
     replace_by_rename(&path, &format!("{yaml}  hooli:\n    plan: free\n"));
     assert!(
         eventually(Duration::from_secs(2), || async {
-            h1(http, get("hooli.gw.test", "/")).await.status == StatusCode::OK
+            status(http, "hooli.gw.test", "/").await == StatusCode::OK
         })
         .await,
         "tenant added by rename not served within 2 s"
@@ -92,16 +92,13 @@ async fn a_config_replaced_by_rename_is_picked_up_and_a_broken_one_is_refused() 
         "{cfg}"
     );
     assert_eq!(cfg["generation"], 2);
-    assert_eq!(
-        h1(http, get("hooli.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "hooli.gw.test", "/").await, StatusCode::OK);
 
     // Fixing it clears the error.
     replace_by_rename(&path, &yaml);
     assert!(
         eventually(Duration::from_secs(2), || async {
-            h1(http, get("hooli.gw.test", "/")).await.status == StatusCode::NOT_FOUND
+            status(http, "hooli.gw.test", "/").await == StatusCode::NOT_FOUND
         })
         .await
     );
@@ -122,10 +119,7 @@ async fn post_reload_applies_a_new_file_and_reports_errors() {
     let got = admin_post(admin, "/reload").await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.json()["generation"], 2);
-    assert_eq!(
-        h1(http, get("hooli.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "hooli.gw.test", "/").await, StatusCode::OK);
 
     env.write_config(&yaml.replace("active_key: k1", "active_key: nope"));
     let got = admin_post(admin, "/reload").await;
@@ -136,10 +130,7 @@ async fn post_reload_applies_a_new_file_and_reports_errors() {
             .expect("error")
             .contains("signing.active_key")
     );
-    assert_eq!(
-        h1(http, get("hooli.gw.test", "/")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(http, "hooli.gw.test", "/").await, StatusCode::OK);
 
     assert_eq!(admin_get(admin, "/healthz").await.status, StatusCode::OK);
     assert_eq!(admin_get(admin, "/readyz").await.status, StatusCode::OK);
@@ -230,17 +221,14 @@ async fn metrics_parse_as_prometheus_text_with_per_tenant_series() {
     let (_gw, running) = env.start(&env.config(&up.url(), &up.url())).await;
     let http = running.addr("http").expect("http");
     for _ in 0..3 {
-        assert_eq!(
-            h1(http, get("acme.gw.test", "/")).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(status(http, "acme.gw.test", "/").await, StatusCode::OK);
     }
     assert_eq!(
-        h1(http, get("nobody.gw.test", "/")).await.status,
+        status(http, "nobody.gw.test", "/").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        h1(http, get("other-nobody.gw.test", "/")).await.status,
+        status(http, "other-nobody.gw.test", "/").await,
         StatusCode::NOT_FOUND
     );
 

@@ -128,10 +128,7 @@ async fn websocket_echo_through_the_gateway_plain_and_tls() {
 async fn an_open_websocket_holds_a_concurrency_slot() {
     let env = Env::new();
     let (url, _) = ws_echo().await;
-    let yaml = env.config(&url, &url).replace(
-        "  globex:\n    plan: free\n",
-        "  globex:\n    plan: free\n    max_concurrent: 2\n",
-    );
+    let yaml = with_tenant_lines(&env.config(&url, &url), "globex", "    max_concurrent: 2\n");
     let (_gw, running) = env.start(&yaml).await;
     let http = running.addr("http").expect("http");
     let open = || async move {
@@ -305,9 +302,10 @@ fn grpc_call(msg: &'static [u8]) -> http::Request<http_body_util::Full<Bytes>> {
 async fn grpc_unary_over_tls_to_an_h2c_upstream_and_grpc_errors() {
     let env = Env::new();
     let (url, seen) = grpc_upstream().await;
-    let yaml = env.config(&url, &url).replace(
-        "    plan: enterprise\n",
-        "    plan: enterprise\n    rate: { per_second: 1, burst: 1 }\n",
+    let yaml = with_tenant_lines(
+        &env.config(&url, &url),
+        "acme",
+        "    rate: { per_second: 1, burst: 1 }\n",
     );
     let (_gw, running) = env.start(&yaml).await;
     let tls = tls_connect(
@@ -583,9 +581,10 @@ async fn websockets_close_when_idle_or_when_the_tenant_is_suspended_and_tokens_m
         ws.next().await.expect("frame").expect("ok"),
         Message::text("x")
     );
-    env.write_config(&yaml.replace(
-        "  globex:\n    plan: free\n",
-        "  globex:\n    plan: free\n    status: suspended\n",
+    env.write_config(&with_tenant_lines(
+        &yaml,
+        "globex",
+        "    status: suspended\n",
     ));
     gw.reload().expect("reload");
     assert!(

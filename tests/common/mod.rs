@@ -215,6 +215,23 @@ tenants:
     }
 }
 
+/// Adds `lines` (YAML, indented four spaces, newline-terminated) to `tenant`'s entry of a config
+/// written by [`Env::config`], right after its `plan:` line.
+pub fn with_tenant_lines(yaml: &str, tenant: &str, lines: &str) -> String {
+    let head = format!("  {tenant}:\n");
+    let at = yaml
+        .find(&head)
+        .unwrap_or_else(|| panic!("no tenant {tenant}"))
+        + head.len();
+    let end = at + yaml[at..].find('\n').expect("plan line") + 1;
+    format!("{}{lines}{}", &yaml[..end], &yaml[end..])
+}
+
+/// The status of one HTTP/1.1 GET for `host` and `path`.
+pub async fn status(addr: SocketAddr, host: &str, path: &str) -> StatusCode {
+    h1(addr, get(host, path)).await.status
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Got {
