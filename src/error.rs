@@ -57,6 +57,10 @@ pub enum GatewayError {
     BodyTooLarge,
     #[error("request headers too large")]
     HeadersTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("request body not received in time")]
+    RequestTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("no route matches")]
@@ -83,6 +87,8 @@ impl GatewayError {
             Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable(UpstreamFailure::NoEndpoint) => {
@@ -108,6 +114,8 @@ impl GatewayError {
             Self::RateLimitUnavailable => "rate_limit_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::RequestTimeout => "request_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -132,11 +140,22 @@ impl GatewayError {
             Self::RateLimitUnavailable => "rate limiting is unavailable; retry shortly",
             Self::BodyTooLarge => "request body exceeds the tenant's limit",
             Self::HeadersTooLarge => "request headers are too large",
+            Self::UriTooLong => "the request target is too long",
+            Self::RequestTimeout => "the request body was not received in time",
             Self::BadRequest(reason) => reason,
             Self::NoRoute => "no route matches this path",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
         }
+    }
+
+    /// Whether the client connection must close after this answer: the request's framing was
+    /// refused or its body was left unread, so nothing after it on the connection can be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::RequestTimeout | Self::HeadersTooLarge | Self::UriTooLong
+        )
     }
 
     /// SPEC's JSON body `{"error":"<code>","message":"..."}` with the headers the status needs.
@@ -173,13 +192,13 @@ impl GatewayError {
     /// The gRPC status code for this error (gRPC clients read `grpc-status`, not the HTTP one).
     pub fn grpc_status(&self) -> u8 {
         match self.status().as_u16() {
-            400 | 431 => 3, // INVALID_ARGUMENT
-            401 => 16,      // UNAUTHENTICATED
-            403 => 7,       // PERMISSION_DENIED
-            404 => 12,      // UNIMPLEMENTED (no tenant or route serves this method)
-            413 | 429 => 8, // RESOURCE_EXHAUSTED
-            504 => 4,       // DEADLINE_EXCEEDED
-            _ => 14,        // UNAVAILABLE (421, 502, 503)
+            400 | 414 | 431 => 3, // INVALID_ARGUMENT
+            401 => 16,            // UNAUTHENTICATED
+            403 => 7,             // PERMISSION_DENIED
+            404 => 12,            // UNIMPLEMENTED (no tenant or route serves this method)
+            413 | 429 => 8,       // RESOURCE_EXHAUSTED
+            408 | 504 => 4,       // DEADLINE_EXCEEDED
+            _ => 14,              // UNAVAILABLE (421, 502, 503)
         }
     }
 
@@ -236,6 +255,8 @@ mod tests {
             ),
             (GatewayError::BodyTooLarge, 413, "body_too_large"),
             (GatewayError::HeadersTooLarge, 431, "headers_too_large"),
+            (GatewayError::UriTooLong, 414, "uri_too_long"),
+            (GatewayError::RequestTimeout, 408, "request_timeout"),
             (GatewayError::BadRequest("bad host"), 400, "bad_request"),
             (GatewayError::NoRoute, 404, "no_route"),
             (

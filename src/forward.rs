@@ -6,9 +6,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{CONNECTION, HOST, TE, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderName, HeaderValue, Request, Response, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -17,13 +17,15 @@ use crate::error::{GatewayError, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::headers::{forwarding, hop};
 use crate::limits::TenantStats;
-use crate::proxy::ConnInfo;
+use crate::proxy::{ActiveRequest, ConnInfo};
 use crate::signing::{SignedFields, unix_now};
 use crate::snapshot::{Route, Snapshot, Tenant};
 use crate::tenant::Identity;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Endpoint, UpstreamClient};
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// What the identity phases learned, for the signed headers.
@@ -104,11 +106,21 @@ pub fn rewrite_request_head(
     Ok(())
 }
 
+/// What a forwarded request holds until its response body has been sent: the tenant's
+/// concurrency slot (if it has a cap) and the connection's active-request count.
+pub struct Hold {
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub active: ActiveRequest,
+}
+
 /// Sends the rewritten request to an endpoint of the route's pool and streams the answer back.
 ///
-/// `permit` (the tenant's concurrency slot) is held until the response body has been sent.
-/// A body over the tenant's `max_body_bytes` is refused up front when `Content-Length` says so,
-/// and cut off (never forwarded whole) when it grows past the limit while streaming.
+/// `hold` is kept until the response body has been sent. A body over the tenant's
+/// `max_body_bytes` is refused up front when `Content-Length` says so, and cut off (never
+/// forwarded whole) when it grows past the limit while streaming; a body that stalls for
+/// `limits.body_timeout_ms` is cut off with 408. An idempotent request without a body is
+/// retried once on another endpoint when the first could not be connected to; nothing is
+/// retried once bytes may have reached an upstream.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gw: &Gateway,
@@ -118,7 +130,7 @@ pub async fn forward(
     fwd: &Forwarding<'_>,
     route: &Route,
     mut req: Request<Incoming>,
-    permit: Option<OwnedSemaphorePermit>,
+    hold: Hold,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection pair for the upstream; after
     // a 101 the two upgraded connections are spliced.
@@ -133,21 +145,22 @@ pub async fn forward(
         })
     });
     let limits = &fwd.tenant.limits;
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = match limits.max_body_bytes {
-        Some(max) => {
-            if content_length(&parts.headers).is_some_and(|len| len > max) {
-                TenantStats::bump(&fwd.tenant.stats.body_too_large);
-                return Err(GatewayError::BodyTooLarge);
-            }
-            body::stream(LimitedBody {
-                inner: body,
-                remaining: max,
-                exceeded: exceeded.clone(),
-            })
-        }
-        None => body::stream(body),
-    };
+    if let Some(max) = limits.max_body_bytes
+        && content_length(&parts.headers).is_some_and(|len| len > max)
+    {
+        TenantStats::bump(&fwd.tenant.stats.body_too_large);
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let bodiless = body.is_end_stream();
+    let cut = Arc::new(AtomicU8::new(CUT_NONE));
+    let body = body::stream(RequestBody {
+        inner: body,
+        remaining: limits.max_body_bytes.unwrap_or(u64::MAX),
+        timeout: snap.limits.body_timeout,
+        timer: None,
+        progressed: false,
+        cut: cut.clone(),
+    });
     rewrite_request_head(snap, conn, fwd, &mut parts)?;
     if let Some(protocol) = &upgrade {
         parts.headers.insert(UPGRADE, protocol.clone());
@@ -155,66 +168,97 @@ pub async fn forward(
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-
-    let (endpoint, in_flight) = route
-        .upstream
-        .pick()
-        .ok_or(GatewayError::UpstreamUnavailable(
-            UpstreamFailure::NoEndpoint,
-        ))?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(endpoint.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-    // Upstreams speak HTTP/1.1, or HTTP/2 for h2c:// pools, whatever the client spoke.
-    parts.version = if endpoint.h2c {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
     if te_trailers {
         parts
             .headers
             .insert(TE, HeaderValue::from_static("trailers"));
     }
-    let upstream_req = Request::from_parts(parts, body);
+    let pool = &route.upstream;
+    let (mut endpoint, mut in_flight) = pool.pick().ok_or(GatewayError::UpstreamUnavailable(
+        UpstreamFailure::NoEndpoint,
+    ))?;
+    // Only idempotent requests whose (empty) body cannot have been sent are retried, and only
+    // where another endpoint exists; the copy of the head is made just for those.
+    let retry = (pool.retry_connect_failure
+        && bodiless
+        && upgrade.is_none()
+        && pool.endpoints().len() > 1
+        && is_idempotent(&parts.method))
+    .then(|| {
+        (
+            parts.method.clone(),
+            parts.headers.clone(),
+            parts.extensions.clone(),
+        )
+    });
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = endpoint_uri(&endpoint, &target)?;
+    parts.version = endpoint_version(&endpoint);
+    let mut upstream_req = Request::from_parts(parts, body);
+    let mut retried = false;
 
     // Dropping the request future on timeout drops its upstream connection too: a connection
     // with a request in flight is never returned to the pool.
-    let resp = match tokio::time::timeout(limits.request_timeout, client.request(upstream_req))
-        .await
-    {
-        Err(_) => {
-            TenantStats::bump(&fwd.tenant.stats.timed_out);
-            return Err(GatewayError::UpstreamTimeout);
+    let deadline = tokio::time::Instant::now() + limits.request_timeout;
+    let resp = loop {
+        let result = tokio::time::timeout_at(deadline, client.request(upstream_req)).await;
+        match result {
+            Err(_) => {
+                pool.report(&endpoint, false);
+                TenantStats::bump(&fwd.tenant.stats.timed_out);
+                return Err(GatewayError::UpstreamTimeout);
+            }
+            Ok(Err(_)) if cut.load(Ordering::Relaxed) == CUT_TOO_LARGE => {
+                TenantStats::bump(&fwd.tenant.stats.body_too_large);
+                return Err(GatewayError::BodyTooLarge);
+            }
+            Ok(Err(_)) if cut.load(Ordering::Relaxed) == CUT_STALLED => {
+                return Err(GatewayError::RequestTimeout);
+            }
+            Ok(Err(e)) => {
+                pool.report(&endpoint, false);
+                let connect = e.is_connect();
+                if connect && is_timeout(&e) && retry.is_none() {
+                    TenantStats::bump(&fwd.tenant.stats.timed_out);
+                    return Err(GatewayError::UpstreamTimeout);
+                }
+                tracing::warn!(upstream = %pool.name, endpoint = %endpoint.authority, error = %error_chain(&e), "upstream request failed");
+                match (&retry, connect && !retried) {
+                    (Some((method, headers, extensions)), true) => {
+                        retried = true;
+                        (endpoint, in_flight) = pool.pick_except(Some(&endpoint)).ok_or(
+                            GatewayError::UpstreamUnavailable(UpstreamFailure::NoEndpoint),
+                        )?;
+                        let mut again = Request::new(body::full(Bytes::new()));
+                        *again.method_mut() = method.clone();
+                        *again.uri_mut() = endpoint_uri(&endpoint, &target)?;
+                        *again.version_mut() = endpoint_version(&endpoint);
+                        *again.headers_mut() = headers.clone();
+                        *again.extensions_mut() = extensions.clone();
+                        upstream_req = again;
+                        tracing::debug!(endpoint = %endpoint.authority, "retrying on another endpoint after a connect failure");
+                    }
+                    _ => {
+                        let kind = if connect {
+                            UpstreamFailure::Connect
+                        } else {
+                            UpstreamFailure::Exchange
+                        };
+                        return Err(GatewayError::UpstreamUnavailable(kind));
+                    }
+                }
+            }
+            Ok(Ok(resp)) => {
+                pool.report(&endpoint, !resp.status().is_server_error());
+                break resp;
+            }
         }
-        Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
-            TenantStats::bump(&fwd.tenant.stats.body_too_large);
-            return Err(GatewayError::BodyTooLarge);
-        }
-        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
-            TenantStats::bump(&fwd.tenant.stats.timed_out);
-            return Err(GatewayError::UpstreamTimeout);
-        }
-        Ok(Err(e)) => {
-            let kind = if e.is_connect() {
-                UpstreamFailure::Connect
-            } else {
-                UpstreamFailure::Exchange
-            };
-            tracing::warn!(upstream = %route.upstream.name, endpoint = %endpoint.authority, error = %error_chain(&e), "upstream request failed");
-            return Err(GatewayError::UpstreamUnavailable(kind));
-        }
-        Ok(Ok(resp)) => resp,
     };
+    let guard = (in_flight, hold);
     if let (Some(protocol), Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (upgrade, client_upgrade, resp.status())
     {
@@ -226,23 +270,54 @@ pub async fn forward(
             reloads: gw.subscribe_reloads(),
             open: gw.upgraded.clone(),
         };
-        return Ok(splice_upgrade(
-            resp,
-            client_upgrade,
-            protocol,
-            watch,
-            (in_flight, permit),
-        ));
+        return Ok(splice_upgrade(resp, client_upgrade, protocol, watch, guard));
     }
     let (mut rparts, rbody) = resp.into_parts();
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a proxy must remove the
+    // Content-Length before forwarding; hyper re-frames the body for the client.
+    // Anything but plain `chunked` is a body the client could not decode once the (hop-by-hop)
+    // encoding is stripped: refuse it rather than forward it blindly.
+    if let Some(te) = rparts.headers.get(TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            tracing::warn!(upstream = %pool.name, endpoint = %endpoint.authority, "upstream response with an unsupported Transfer-Encoding");
+            pool.report(&endpoint, false);
+            return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Exchange));
+        }
+        rparts.headers.remove(CONTENT_LENGTH);
+    }
     hop::strip(&mut rparts.headers);
     Ok(Response::from_parts(
         rparts,
         body::stream(Guarded {
             inner: rbody,
-            _guard: (in_flight, permit),
+            _guard: guard,
         }),
     ))
+}
+
+fn endpoint_uri(endpoint: &Endpoint, target: &PathAndQuery) -> Result<Uri, GatewayError> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(endpoint.scheme.clone());
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(target.clone());
+    Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))
+}
+
+/// Upstreams speak HTTP/1.1, or HTTP/2 for h2c:// pools, whatever the client spoke.
+fn endpoint_version(endpoint: &Endpoint) -> Version {
+    if endpoint.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: <p>`).
@@ -439,15 +514,27 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A request body that fails once more than `remaining` bytes have passed, flagging
-/// `exceeded`, so the upstream sees a cut-off body (never a complete one) and the client a 413.
-pub struct LimitedBody<B> {
+const CUT_NONE: u8 = 0;
+const CUT_TOO_LARGE: u8 = 1;
+const CUT_STALLED: u8 = 2;
+
+/// The client's request body on its way upstream. It fails (so the upstream sees a cut-off
+/// body, never a complete one) once more than `remaining` bytes have passed, or when no bytes
+/// arrive for `timeout` (slow POST); `cut` tells the caller which, for the 413 or 408.
+///
+/// The stall timer is allocated only when the body first has to wait, so bodies that arrive
+/// with their head cost nothing extra.
+pub struct RequestBody<B> {
     inner: B,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was last set.
+    progressed: bool,
+    cut: Arc<AtomicU8>,
 }
 
-impl<B> Body for LimitedBody<B>
+impl<B> Body for RequestBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -462,10 +549,11 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.progressed = true;
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.cut.store(CUT_TOO_LARGE, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(
                             "request body over the tenant's limit".into()
                         )));
@@ -474,8 +562,27 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let next = tokio::time::Instant::now() + this.timeout;
+                let timer = match &mut this.timer {
+                    Some(t) => {
+                        if this.progressed {
+                            t.as_mut().reset(next);
+                        }
+                        t
+                    }
+                    None => this.timer.insert(Box::pin(tokio::time::sleep_until(next))),
+                };
+                this.progressed = false;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.cut.store(CUT_STALLED, Ordering::Relaxed);
+                        Poll::Ready(Some(Err("request body stalled".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

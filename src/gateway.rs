@@ -38,6 +38,8 @@ pub struct Gateway {
     reloads: watch::Sender<u64>,
     /// Upgraded (WebSocket) connections open now; a drain waits for them up to the grace period.
     pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open connections per client IP, for `limits.max_connections_per_ip`.
+    pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
 }
 
 impl Gateway {
@@ -55,6 +57,7 @@ impl Gateway {
             store,
             reloads: watch::channel(1).0,
             upgraded: Arc::default(),
+            per_ip: DashMap::new(),
             snapshot,
             clients: DashMap::new(),
             config_path,

@@ -61,6 +61,8 @@ pub struct Metrics {
     registry: Registry,
     pub active_connections: Gauge,
     pub tls_handshake_failures: Family<Labels, Counter>,
+    /// Connections closed by the gateway before or between requests, by reason.
+    pub connections_closed: Family<Labels, Counter>,
     pub upstream_errors: Family<Labels, Counter>,
     pub reloads: Family<Labels, Counter>,
     pub config_generation: Gauge,
@@ -81,6 +83,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gateway");
         let active_connections = Gauge::default();
         let tls_handshake_failures = Family::<Labels, Counter>::default();
+        let connections_closed = Family::<Labels, Counter>::default();
         let upstream_errors = Family::<Labels, Counter>::default();
         let reloads = Family::<Labels, Counter>::default();
         let config_generation = Gauge::default();
@@ -99,6 +102,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed TLS handshakes by reason",
             tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the gateway closed by reason (per_ip_cap, idle, first_byte_timeout)",
+            connections_closed.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -121,6 +129,7 @@ impl Metrics {
             registry,
             active_connections,
             tls_handshake_failures,
+            connections_closed,
             upstream_errors,
             reloads,
             config_generation,

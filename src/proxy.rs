@@ -10,7 +10,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -18,9 +19,10 @@ use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
-use crate::forward::{Forwarding, forward};
+use crate::forward::{Forwarding, Hold, forward};
 use crate::gateway::Gateway;
 use crate::headers::forwarding;
+use crate::headers::framing::{HeadScan, check_request};
 use crate::limits::{self, RateLimitHeaders, admit};
 use crate::metrics::Metrics;
 use crate::route::select_route;
@@ -39,6 +41,14 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name, lower-case, if the client sent one.
     pub sni: Option<Box<str>>,
+    /// When the connection was accepted (the idle clock's origin).
+    opened: Instant,
+    /// Requests in progress (until their response body has been sent).
+    active: AtomicUsize,
+    /// When the last request ended, in ms since `opened`.
+    idle_since_ms: AtomicU64,
+    /// What the raw bytes of the current HTTP/1 request head showed.
+    head_scan: HeadScan,
 }
 
 impl ConnInfo {
@@ -49,7 +59,47 @@ impl ConnInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             tls,
             sni: sni.map(|s| s.to_ascii_lowercase().into()),
+            opened: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_scan: HeadScan::new(true),
         }
+    }
+
+    /// The raw-head scan of this connection (HTTP/1 only).
+    pub fn head_scan(&self) -> &HeadScan {
+        &self.head_scan
+    }
+
+    /// How long the connection has had no request in progress; zero while one is.
+    pub fn idle_for(&self) -> Duration {
+        if self.active.load(Ordering::Acquire) != 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(since)
+    }
+}
+
+/// Counts a request against its connection until dropped (with the response body), so an
+/// idle connection can be told from one streaming a long response.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnInfo>);
+
+impl ActiveRequest {
+    pub fn new(conn: Arc<ConnInfo>) -> Self {
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        Self(conn)
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.idle_since_ms
+            .store(c.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        c.head_scan.restart();
+        c.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -81,7 +131,9 @@ pub async fn handle(
     let mut out = Outcome::default();
     let span =
         tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""), %method);
-    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut out)
+    let http1 = req.version() < http::Version::HTTP_2;
+    let active = ActiveRequest::new(conn.clone());
+    let mut resp = match run_phases(&gw, &snap, &conn, req, &request_id, &mut out, active)
         .instrument(span)
         .await
     {
@@ -96,11 +148,17 @@ pub async fn handle(
                 }
                 _ => {}
             }
-            if grpc {
+            let close = http1 && err.closes_connection();
+            let mut resp = if grpc {
                 err.into_grpc_response()
             } else {
                 err.into_response()
+            };
+            if close {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
+            resp
         }
     };
     let headers = resp.headers_mut();
@@ -150,7 +208,12 @@ async fn run_phases(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     out: &mut Outcome,
+    active: ActiveRequest,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    if req.version() == http::Version::HTTP_2 {
+        conn.head_scan.disable();
+    }
+    check_request(&req, &snap.limits, conn.head_scan.content_length_lines())?;
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
     let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
@@ -195,5 +258,9 @@ async fn run_phases(
         h2c,
         route.upstream.tls.as_deref(),
     );
-    forward(gw, &client, snap, conn, &fwd, route, req, admission.permit).await
+    let hold = Hold {
+        permit: admission.permit,
+        active,
+    };
+    forward(gw, &client, snap, conn, &fwd, route, req, hold).await
 }

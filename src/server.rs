@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::gateway::Gateway;
+use crate::headers::framing::ScanHeads;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::{ConnLimits, Snapshot};
@@ -39,15 +40,6 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
     let ctx = Arc::new(ctx);
     let graceful = GracefulShutdown::new();
     loop {
-        // Take a connection slot before accepting: at the cap, new connections wait in the
-        // kernel's backlog instead of costing us memory.
-        let permit = tokio::select! {
-            p = ctx.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -59,6 +51,18 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // At the cap, this listener stops accepting until a slot frees: the one connection
+        // already accepted waits unserved and the rest wait in the kernel's backlog.
+        let permit = match ctx.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = ctx.connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            },
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
@@ -82,17 +86,69 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
 
 fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper answers a head over `max_buf_size` or with more than `max_headers` fields with a
+    // bare 431 and closes; the gateway's JSON 431/414 cover what hyper lets through.
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): streams reset by the client before we accepted them,
+        // and streams we had to reset for protocol errors, both end in GOAWAY past the cap.
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     b
+}
+
+/// Counts a connection against its client IP while it lives (`limits.max_connections_per_ip`).
+struct PerIp<'a> {
+    map: &'a dashmap::DashMap<std::net::IpAddr, usize>,
+    ip: std::net::IpAddr,
+}
+
+impl<'a> PerIp<'a> {
+    /// `None` when `ip` already holds `cap` connections.
+    fn take(
+        map: &'a dashmap::DashMap<std::net::IpAddr, usize>,
+        ip: std::net::IpAddr,
+        cap: usize,
+    ) -> Option<Self> {
+        let mut n = map.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Self { map, ip })
+    }
+}
+
+impl Drop for PerIp<'_> {
+    fn drop(&mut self) {
+        // Remove the entry at zero so the map holds only IPs with open connections.
+        self.map.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+/// Resolves once the connection has had no request in progress for `limit` (checked a few
+/// times per period). HTTP/1.1 keep-alive connections are also closed by hyper's header-read
+/// timer, which starts when it waits for the next request.
+async fn idle(conn: &ConnInfo, limit: std::time::Duration) {
+    let tick = (limit / 4).max(std::time::Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(tick).await;
+        if conn.idle_for() >= limit {
+            return;
+        }
+    }
 }
 
 async fn serve_connection(
@@ -103,9 +159,20 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let limits = ctx.gateway.snapshot().limits;
+    let metrics = ctx.gateway.metrics();
+    let _per_ip = match limits.max_connections_per_ip {
+        0 => None,
+        cap => match PerIp::take(&ctx.gateway.per_ip, remote.ip(), cap) {
+            Some(p) => Some(p),
+            None => {
+                tracing::debug!(%remote, "per-IP connection cap reached; closing");
+                Metrics::count(&metrics.connections_closed, "reason", "per_ip_cap");
+                return;
+            }
+        },
+    };
     let builder = builder(&limits);
     let gw = ctx.gateway.clone();
-    let metrics = ctx.gateway.metrics();
     metrics.active_connections.inc();
     // Decrements when the connection ends, however it ends.
     struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -115,14 +182,22 @@ async fn serve_connection(
         }
     }
     let _open = Open(&metrics.active_connections);
-    match &ctx.tls {
+    let served = match &ctx.tls {
         None => {
-            let conn = Arc::new(ConnInfo::new(remote, false, None));
-            let service = service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req));
-            let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(fut.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            // hyper's header timer starts with the first byte; a client that connects and
+            // sends nothing is closed after the same deadline.
+            // (`readable()` can report a fresh socket ready; `peek` waits for a real byte.)
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                tracing::debug!(%remote, "no request within the header timeout; closing");
+                Metrics::count(&metrics.connections_closed, "reason", "first_byte_timeout");
+                return;
             }
+            let conn = Arc::new(ConnInfo::new(remote, false, None));
+            serve(&builder, stream, conn, gw, watcher, limits.idle_timeout).await
         }
         Some(acceptor) => {
             let tls_stream =
@@ -147,11 +222,41 @@ async fn serve_connection(
                 };
             let sni = tls_stream.get_ref().1.server_name();
             let conn = Arc::new(ConnInfo::new(remote, true, sni));
-            let service = service_fn(move |req| proxy::handle(gw.clone(), conn.clone(), req));
-            let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-            if let Err(e) = watcher.watch(fut.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                conn.head_scan().disable();
             }
+            serve(&builder, tls_stream, conn, gw, watcher, limits.idle_timeout).await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends, the drain closes it,
+/// or it has been idle (no request in progress) for `idle_limit`.
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    conn: Arc<ConnInfo>,
+    gw: Arc<Gateway>,
+    watcher: hyper_util::server::graceful::Watcher,
+    idle_limit: std::time::Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let c = conn.clone();
+    let g = gw.clone();
+    let service = service_fn(move |req| proxy::handle(g.clone(), c.clone(), req));
+    let io = ScanHeads::new(io, conn.clone());
+    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::select! {
+        r = watcher.watch(fut.into_owned()) => r,
+        _ = idle(&conn, idle_limit) => {
+            tracing::debug!(remote = %conn.remote, "idle connection closed");
+            Metrics::count(&gw.metrics().connections_closed, "reason", "idle");
+            Ok(())
         }
     }
 }

@@ -142,6 +142,13 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// 0 = no per-IP cap.
+    pub max_connections_per_ip: usize,
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+    pub body_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
     pub shutdown_grace: Duration,
     pub close_upgraded_on_suspend: bool,
 }

@@ -4,8 +4,9 @@
 //! connections belong to the gateway and survive reloads.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
@@ -28,6 +29,16 @@ pub struct Endpoint {
     /// HTTP/2 with prior knowledge (`h2c://`), e.g. gRPC.
     pub h2c: bool,
     in_flight: AtomicUsize,
+    /// Failures in a row (passive health).
+    failures: AtomicU32,
+    /// Skipped by `pick` until this time (ms on [`clock_ms`]); 0 = in service.
+    ejected_until: AtomicU64,
+}
+
+/// Milliseconds since the first call: a cheap monotonic clock for ejection deadlines.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Endpoint {
@@ -37,7 +48,15 @@ impl Endpoint {
             authority,
             h2c: false,
             in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    /// Whether passive health checking has taken this endpoint out of service right now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
     }
 
     /// Requests currently between pick and the end of their response body.
@@ -55,10 +74,30 @@ pub struct UpstreamTls {
     pub fingerprint: String,
 }
 
+/// Passive health checking: `consecutive_failures` in a row eject an endpoint for `ejection`.
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    /// 0 = never eject.
+    pub consecutive_failures: u32,
+    pub ejection: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            ejection: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamPool {
     pub name: Box<str>,
     pub tls: Option<Arc<UpstreamTls>>,
+    pub health: Health,
+    /// Retry idempotent, bodiless requests once on another endpoint after a connect failure.
+    pub retry_connect_failure: bool,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     next: AtomicUsize,
@@ -79,6 +118,8 @@ impl UpstreamPool {
         Self {
             name: name.into(),
             tls: None,
+            health: Health::default(),
+            retry_connect_failure: true,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             next: AtomicUsize::new(0),
@@ -90,22 +131,63 @@ impl UpstreamPool {
     }
 
     /// Chooses an endpoint and counts the request against it. `None` for an empty pool.
+    ///
+    /// Ejected endpoints are skipped while any other is in service; when every endpoint is
+    /// ejected the pool ignores ejection (Envoy's "panic mode"): better a likely failure than
+    /// a certain one.
     pub fn pick(&self) -> Option<(Arc<Endpoint>, InFlight)> {
+        self.pick_except(None)
+    }
+
+    /// Like [`pick`](Self::pick), avoiding `avoid` when another endpoint is in service (retries).
+    pub fn pick_except(&self, avoid: Option<&Endpoint>) -> Option<(Arc<Endpoint>, InFlight)> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let usable = |e: &Endpoint| !e.is_ejected() && avoid.is_none_or(|a| !std::ptr::eq(a, e));
+        let candidates = (0..n).map(|i| &self.endpoints[(start + i) % n]);
         let chosen = match self.balance {
-            Balance::RoundRobin => &self.endpoints[start],
+            Balance::RoundRobin => candidates.clone().find(|e| usable(e)),
             // Least in-flight; ties go round-robin so equal endpoints share the load.
-            Balance::LeastRequests => (0..n)
-                .map(|i| &self.endpoints[(start + i) % n])
-                .min_by_key(|e| e.in_flight())
-                .unwrap_or(&self.endpoints[start]),
-        };
+            Balance::LeastRequests => candidates
+                .clone()
+                .filter(|e| usable(e))
+                .min_by_key(|e| e.in_flight()),
+        }
+        .unwrap_or(&self.endpoints[start]);
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some((chosen.clone(), InFlight(chosen.clone())))
+    }
+
+    /// Records how an exchange with `endpoint` went (passive health). A failure is a connect
+    /// error, a reset, a timeout or a 5xx answer; `consecutive_failures` of them in a row eject
+    /// the endpoint for `health.ejection`. A success puts the count back to zero.
+    pub fn report(&self, endpoint: &Endpoint, ok: bool) {
+        let threshold = self.health.consecutive_failures;
+        if threshold == 0 {
+            return;
+        }
+        if ok {
+            if endpoint.failures.load(Ordering::Relaxed) != 0 {
+                endpoint.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let n = endpoint.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold {
+            endpoint.failures.store(0, Ordering::Relaxed);
+            let until = clock_ms() + self.health.ejection.as_millis() as u64;
+            endpoint.ejected_until.store(until, Ordering::Relaxed);
+            tracing::warn!(
+                upstream = %self.name,
+                endpoint = %endpoint.authority,
+                failures = n,
+                ejection_ms = self.health.ejection.as_millis() as u64,
+                "endpoint ejected after consecutive failures"
+            );
+        }
     }
 }
 
@@ -185,6 +267,48 @@ mod tests {
                 "127.0.0.1:3"
             ]
         );
+    }
+
+    #[test]
+    fn an_endpoint_failing_in_a_row_is_ejected_and_comes_back_after_the_cool_down() {
+        let mut p = pool(Balance::RoundRobin);
+        p.health = Health {
+            consecutive_failures: 3,
+            ejection: Duration::from_millis(150),
+        };
+        let bad = p.endpoints()[1].clone();
+        p.report(&bad, false);
+        p.report(&bad, false);
+        p.report(&bad, true); // a success in between resets the count
+        p.report(&bad, false);
+        p.report(&bad, false);
+        assert!(!bad.is_ejected());
+        p.report(&bad, false);
+        assert!(bad.is_ejected());
+        for _ in 0..10 {
+            let (e, _) = p.pick().expect("endpoint");
+            assert_ne!(e.authority, bad.authority, "an ejected endpoint was picked");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!bad.is_ejected());
+        assert!(
+            (0..3).any(|_| p.pick().is_some_and(|(e, _)| e.authority == bad.authority)),
+            "back in service after the cool-down"
+        );
+        // All ejected: panic mode still picks.
+        for e in p.endpoints().to_vec() {
+            for _ in 0..3 {
+                p.report(&e, false);
+            }
+        }
+        assert!(p.pick().is_some());
+        // A retry avoids the endpoint that just failed.
+        let p = pool(Balance::LeastRequests);
+        let first = p.endpoints()[0].clone();
+        for _ in 0..5 {
+            let (e, _) = p.pick_except(Some(&first)).expect("endpoint");
+            assert_ne!(e.authority, first.authority);
+        }
     }
 
     #[test]

@@ -24,6 +24,16 @@ use jsonwebtoken::DecodingKey;
 const DEFAULT_CONNECT_MS: u64 = 5_000;
 const DEFAULT_REQUEST_MS: u64 = 30_000;
 
+/// The connection limits of a config that sets none (SPEC's defaults).
+pub fn default_limits() -> ConnLimits {
+    let mut c = Compiler {
+        errors: ConfigErrors::default(),
+        certs_by_path: HashMap::new(),
+        files: Vec::new(),
+    };
+    c.limits(&RawLimits::default())
+}
+
 /// Compiles a parsed config. `content_hash` identifies the file it came from.
 pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigErrors> {
     let mut c = Compiler {
@@ -357,6 +367,10 @@ impl Compiler {
             ("idle_timeout_ms", l.idle_timeout_ms),
             ("max_header_bytes", l.max_header_bytes),
             ("max_connections", l.max_connections),
+            ("max_uri_bytes", l.max_uri_bytes),
+            ("max_headers", l.max_headers),
+            ("body_timeout_ms", l.body_timeout_ms),
+            ("h2_max_concurrent_streams", l.h2_max_concurrent_streams),
         ];
         for (name, v) in fields {
             if v == 0 {
@@ -372,6 +386,13 @@ impl Compiler {
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             max_header_bytes: l.max_header_bytes as usize,
             max_connections: l.max_connections as usize,
+            max_connections_per_ip: l.max_connections_per_ip as usize,
+            max_uri_bytes: l.max_uri_bytes as usize,
+            max_headers: l.max_headers as usize,
+            body_timeout: Duration::from_millis(l.body_timeout_ms),
+            h2_max_concurrent_streams: u32::try_from(l.h2_max_concurrent_streams)
+                .unwrap_or(u32::MAX),
+            h2_max_pending_reset_streams: l.h2_max_pending_reset_streams as usize,
             shutdown_grace: Duration::from_millis(l.shutdown_grace_ms),
             close_upgraded_on_suspend: l.close_upgraded_on_suspend,
         }
@@ -599,6 +620,11 @@ impl Compiler {
                 );
             }
             let mut pool = UpstreamPool::new(name, endpoints, balance);
+            pool.health = crate::upstream::Health {
+                consecutive_failures: u.health.consecutive_failures,
+                ejection: Duration::from_millis(u.health.ejection_ms),
+            };
+            pool.retry_connect_failure = u.retry_connect_failure;
             if https > 0 {
                 pool.tls = self.upstream_tls(&path, u.tls.as_ref()).map(Arc::new);
             }

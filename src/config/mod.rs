@@ -3,7 +3,7 @@
 //! `load` reads, parses and compiles in one go and returns either a snapshot or *every* error
 //! found, each with its YAML path (`tenants.acme.routes[0].upstream: unknown upstream "billing"`).
 
-mod compile;
+pub mod compile;
 pub mod raw;
 
 use std::fmt;

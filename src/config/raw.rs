@@ -66,6 +66,19 @@ pub struct RawLimits {
     pub idle_timeout_ms: u64,
     pub max_header_bytes: u64,
     pub max_connections: u64,
+    /// Connections from one client IP at a time; 0 = no per-IP cap.
+    pub max_connections_per_ip: u64,
+    /// Longest request target (path and query) accepted; longer → 414.
+    pub max_uri_bytes: u64,
+    /// Most request header fields accepted; more → 431.
+    pub max_headers: u64,
+    /// Longest wait for the next piece of a request body (slow POST); then 408.
+    pub body_timeout_ms: u64,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u64,
+    /// HTTP/2: streams a client may reset before the gateway accepted them (rapid reset,
+    /// CVE-2023-44487); past it the connection gets GOAWAY.
+    pub h2_max_pending_reset_streams: u64,
     pub shutdown_grace_ms: u64,
     /// Close a tenant's upgraded connections (WebSockets) when a reload suspends or removes it.
     pub close_upgraded_on_suspend: bool,
@@ -79,6 +92,12 @@ impl Default for RawLimits {
             idle_timeout_ms: 60_000,
             max_header_bytes: 32_768,
             max_connections: 20_000,
+            max_connections_per_ip: 0,
+            max_uri_bytes: 8_192,
+            max_headers: 100,
+            body_timeout_ms: 30_000,
+            h2_max_concurrent_streams: 256,
+            h2_max_pending_reset_streams: 20,
             shutdown_grace_ms: 30_000,
             close_upgraded_on_suspend: true,
         }
@@ -253,6 +272,35 @@ pub struct RawUpstream {
     /// For `https://` endpoints.
     #[serde(default)]
     pub tls: Option<RawUpstreamTls>,
+    /// Passive health checking (outlier ejection); on by default.
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Retry an idempotent request without a body once, on another endpoint, when the
+    /// connection to the first one could not be made. Default true.
+    #[serde(default = "yes")]
+    pub retry_connect_failure: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An endpoint that fails `consecutive_failures` times in a row (connect errors, resets,
+/// timeouts, 5xx answers) is skipped for `ejection_ms`. `consecutive_failures: 0` turns it off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub consecutive_failures: u32,
+    pub ejection_ms: u64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            ejection_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
