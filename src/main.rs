@@ -1,5 +1,9 @@
 //! The `tenant-gateway` command line: `run`, `check`, `demo`, `dev-certs`.
 
+/// mimalloc measured ahead of glibc malloc on the request path (`loadtest/README.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,11 +99,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// One worker is a current-thread runtime: no work-stealing queues and no cross-thread
+/// wake-ups, about a quarter less CPU per request than a one-worker multi-thread runtime
+/// (`loadtest/README.md`). The default is one worker per core the process may run on (so a
+/// gateway pinned to one core with `taskset` gets the current-thread runtime).
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
+    let n = workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut builder = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
+    };
     builder
         .enable_all()
         .build()
