@@ -1,9 +1,5 @@
 //! The `tenant-gateway` command line: `run`, `check`, `demo`, `dev-certs`.
 
-/// mimalloc measured ahead of glibc malloc on the request path (`loadtest/README.md`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -30,27 +30,29 @@ pub fn latency_histogram() -> Histogram {
 }
 
 /// Response counts by status class and the latency histogram of one tenant.
-#[derive(Debug)]
+///
+/// The histogram (about 400 bytes) is made on the tenant's first response: a config with
+/// 10,000 mostly idle tenants does not pay for 10,000 of them, and an idle tenant has no
+/// latency series (its counters, at zero, are not exported either).
+#[derive(Debug, Default)]
 pub struct ResponseStats {
     /// 1xx..5xx.
     pub by_class: [AtomicU64; 5],
-    pub latency: Histogram,
-}
-
-impl Default for ResponseStats {
-    fn default() -> Self {
-        Self {
-            by_class: Default::default(),
-            latency: latency_histogram(),
-        }
-    }
+    latency: std::sync::OnceLock<Histogram>,
 }
 
 impl ResponseStats {
     pub fn observe(&self, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        self.latency.observe(elapsed.as_secs_f64());
+        self.latency
+            .get_or_init(latency_histogram)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The latency histogram, once the tenant has had a response.
+    pub fn latency(&self) -> Option<&Histogram> {
+        self.latency.get()
     }
 }
 
@@ -196,9 +198,9 @@ impl Collector for TenantCollector {
             MetricType::Histogram,
         )?;
         for (name, s) in &tenants {
-            s.responses
-                .latency
-                .encode(m.encode_family(&[("tenant", *name)])?)?;
+            if let Some(h) = s.responses.latency() {
+                h.encode(m.encode_family(&[("tenant", *name)])?)?;
+            }
         }
         let counters: [(&str, &str, StatField); 5] = [
             (

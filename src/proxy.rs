@@ -223,7 +223,7 @@ async fn run_phases(
         _ => None,
     };
     let by_key = apikey_tenant(snap, &req)?;
-    let identity = agree(snap, by_conn, claims.as_ref(), by_key)?;
+    let identity = agree(snap, by_conn, claims.as_deref(), by_key)?;
     if let Some(id) = identity {
         out.tenant = Some(id.tenant);
         out.sources = Some(id.sources);

@@ -230,12 +230,12 @@ impl TokenAuth {
 
     /// Checks a token at `now` (Unix seconds): from the cache when it was verified before and
     /// has not expired, else by signature and claims.
-    pub fn authenticate(&self, token: &str, now: u64) -> Result<TokenClaims, GatewayError> {
+    pub fn authenticate(&self, token: &str, now: u64) -> Result<Arc<TokenClaims>, GatewayError> {
         let digest = digest(token);
         if let Some(hit) = self.cache.get(&digest, now) {
             return Ok(hit);
         }
-        let claims = self.verify(token)?;
+        let claims = Arc::new(self.verify(token)?);
         if claims.exp > now {
             self.cache.insert(digest, claims.clone(), now);
         }
@@ -384,7 +384,7 @@ fn digest(token: &str) -> [u8; 32] {
 /// its token's `exp`; at capacity, expired entries are swept and, if that frees nothing, the
 /// new token is simply not cached.
 pub struct TokenCache {
-    map: DashMap<[u8; 32], TokenClaims>,
+    map: DashMap<[u8; 32], Arc<TokenClaims>>,
     capacity: usize,
 }
 
@@ -396,7 +396,7 @@ impl TokenCache {
         }
     }
 
-    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<TokenClaims> {
+    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<TokenClaims>> {
         let hit = self.map.get(key)?;
         if hit.exp > now {
             return Some(hit.clone());
@@ -406,7 +406,7 @@ impl TokenCache {
         None
     }
 
-    pub fn insert(&self, key: [u8; 32], claims: TokenClaims, now: u64) {
+    pub fn insert(&self, key: [u8; 32], claims: Arc<TokenClaims>, now: u64) {
         if self.map.len() >= self.capacity {
             self.map.retain(|_, c| c.exp > now);
             if self.map.len() >= self.capacity {
@@ -433,13 +433,13 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn claims(exp: u64) -> TokenClaims {
-        TokenClaims {
+    fn claims(exp: u64) -> Arc<TokenClaims> {
+        Arc::new(TokenClaims {
             tenant: "acme".into(),
             subject: None,
             forwarded: Vec::new(),
             exp,
-        }
+        })
     }
 
     #[test]

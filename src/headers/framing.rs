@@ -141,31 +141,40 @@ impl<T> ScanHeads<T> {
             }
             _ => return,
         }
-        for &b in bytes {
-            match b {
-                b'\n' => {
-                    if self.line_len == 0 && self.in_head {
-                        scan.state.store(SCAN_OFF, Ordering::Relaxed);
-                        return;
-                    }
-                    self.in_head |= self.line_len > 0;
-                    self.line_len = 0;
-                }
-                b'\r' => {}
-                _ => {
-                    if let Some(slot) = self.prefix.get_mut(self.line_len) {
-                        *slot = b.to_ascii_lowercase();
-                        if self.line_len == 14 && &self.prefix == CONTENT_LENGTH_LINE {
-                            let n = scan.content_length.load(Ordering::Relaxed);
-                            scan.content_length
-                                .store(n.saturating_add(1).min(2), Ordering::Relaxed);
-                        }
-                    }
-                    self.line_len += 1;
-                }
+        // Line by line with memchr: only each line's first 15 bytes are looked at.
+        let mut rest = bytes;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            take(&mut self.prefix, &mut self.line_len, &rest[..end], scan);
+            let empty = self.line_len == 0 || (self.line_len == 1 && self.prefix[0] == b'\r');
+            if empty && self.in_head {
+                scan.state.store(SCAN_OFF, Ordering::Relaxed);
+                return;
             }
+            self.in_head |= !empty;
+            self.line_len = 0;
+            rest = &rest[end + 1..];
         }
+        take(&mut self.prefix, &mut self.line_len, rest, scan);
     }
+}
+
+/// Adds part of a line: fills the lower-cased prefix and counts a `Content-Length` line once
+/// its first 15 bytes are known.
+fn take(prefix: &mut [u8; 15], line_len: &mut usize, part: &[u8], scan: &HeadScan) {
+    let have = (*line_len).min(CONTENT_LENGTH_LINE.len());
+    let add = part.len().min(CONTENT_LENGTH_LINE.len() - have);
+    for (slot, b) in prefix[have..have + add].iter_mut().zip(part) {
+        *slot = b.to_ascii_lowercase();
+    }
+    if have < CONTENT_LENGTH_LINE.len()
+        && have + add == CONTENT_LENGTH_LINE.len()
+        && prefix == CONTENT_LENGTH_LINE
+    {
+        let n = scan.content_length.load(Ordering::Relaxed);
+        scan.content_length
+            .store(n.saturating_add(1).min(2), Ordering::Relaxed);
+    }
+    *line_len += part.len();
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ScanHeads<T> {
