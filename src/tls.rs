@@ -36,14 +36,17 @@ pub struct LoadedCert {
 
 /// Reads a PEM chain and key, checks that the key matches the leaf, and extracts the SANs.
 pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?
+    let cert_pem = crate::config::read_file(cert_path)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot parse certificate {}: {e}", cert_path.display()))?;
     if chain.is_empty() {
         return Err(format!("no certificate in {}", cert_path.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
+    let key_pem = crate::config::read_file(key_path)
+        .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
     let (names, not_after) = leaf_names(&chain[0])
         .map_err(|e| format!("cannot parse certificate {}: {e}", cert_path.display()))?;

@@ -305,7 +305,7 @@ impl TokenAuth {
             }
             *last = Instant::now();
         }
-        match std::fs::read_to_string(&jwks.path)
+        match crate::config::read_text(&jwks.path)
             .map_err(|e| e.to_string())
             .and_then(|t| jwks_keys(&t, &self.base, &self.allowed))
         {

@@ -450,7 +450,7 @@ impl Compiler {
                     None
                 }
             },
-            (None, Some(file)) => match std::fs::read(file) {
+            (None, Some(file)) => match super::read_file(file) {
                 Ok(v) => {
                     let trimmed = v.trim_ascii();
                     if trimmed.is_empty() {
@@ -770,8 +770,13 @@ impl Compiler {
         }
         match t.and_then(|t| t.ca_file.as_ref()) {
             Some(ca) => {
-                let certs: Result<Vec<CertificateDer<'static>>, _> =
-                    CertificateDer::pem_file_iter(ca).and_then(|it| it.collect());
+                let certs: Result<Vec<CertificateDer<'static>>, _> = super::read_file(ca)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        CertificateDer::pem_slice_iter(&b)
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| e.to_string())
+                    });
                 match certs {
                     Ok(certs) if !certs.is_empty() => {
                         for c in certs {
@@ -809,9 +814,16 @@ impl Compiler {
         };
         let config = match t.and_then(|t| t.client_cert.as_ref()) {
             Some(cc) => {
-                let chain: Result<Vec<CertificateDer<'static>>, _> =
-                    CertificateDer::pem_file_iter(&cc.cert).and_then(|it| it.collect());
-                let key = PrivateKeyDer::from_pem_file(&cc.key);
+                let chain: Result<Vec<CertificateDer<'static>>, _> = super::read_file(&cc.cert)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        CertificateDer::pem_slice_iter(&b)
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| e.to_string())
+                    });
+                let key = super::read_file(&cc.key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string()));
                 match (chain, key) {
                     (Ok(chain), Ok(key)) if !chain.is_empty() => {
                         fingerprint.push_str(&super::content_hash(chain[0].as_ref()));
@@ -928,7 +940,7 @@ impl Compiler {
                 self.err(format!("{path}.kid"), format!("duplicate kid {:?}", k.kid));
             }
             let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
-                (Some(file), None, None) => match std::fs::read(file) {
+                (Some(file), None, None) => match super::read_file(file) {
                     Ok(pem) => DecodingKey::from_rsa_pem(&pem)
                         .or_else(|_| DecodingKey::from_ec_pem(&pem))
                         .or_else(|_| DecodingKey::from_ed_pem(&pem))
@@ -966,7 +978,7 @@ impl Compiler {
             }
         }
         let jwks = t.jwks_file.as_ref().and_then(|file| {
-            match std::fs::read_to_string(file)
+            match super::read_text(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
                 .and_then(|text| token::jwks_keys(&text, &base, &allowed))
             {
