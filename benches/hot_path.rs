@@ -203,12 +203,24 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
+/// One admission through a tenant's GCRA limiter (never refused here), including the
+/// `RateLimit` header value it returns.
+fn limiter(c: &mut Criterion) {
+    let l = tenant_gateway::limits::TenantLimiter::new(tenant_gateway::snapshot::Rate {
+        per_second: 1_000_000_000,
+        burst: 1_000_000_000,
+    })
+    .expect("limiter");
+    c.bench_function("limiter_check", |b| b.iter(|| black_box(l.check().is_ok())));
+}
+
 criterion_group!(
     benches,
     identity,
     resolution,
     reload,
     signing,
-    header_rewrite
+    header_rewrite,
+    limiter
 );
 criterion_main!(benches);
