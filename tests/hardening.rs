@@ -24,6 +24,20 @@ fn with_limits(env: &Env, upstream: &str, limits: &str) -> String {
     )
 }
 
+/// A gateway on the standard test config (with `limits`, if given) in front of one echo upstream.
+async fn start_with_limits(
+    limits: Option<&str>,
+) -> (Env, Upstream, tenant_gateway::gateway::Running) {
+    let env = Env::new();
+    let up = Upstream::start("up").await;
+    let yaml = match limits {
+        Some(l) => with_limits(&env, &up.url(), l),
+        None => env.config(&up.url(), &up.url()),
+    };
+    let (_gw, running) = env.start(&yaml).await;
+    (env, up, running)
+}
+
 /// Sends `bytes` on a fresh connection and reads until the gateway closes it (at most 3 s).
 /// Returns what came back and whether the gateway closed the connection.
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
@@ -61,9 +75,7 @@ async fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[tokio::test]
 async fn ambiguous_framing_is_400_closes_the_connection_and_never_reaches_the_upstream() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let (_gw, running) = env.start(&env.config(&up.url(), &up.url())).await;
+    let (_env, up, running) = start_with_limits(None).await;
     let http = running.addr("http").expect("http");
     let h = "Host: globex.gw.test\r\n";
     let cases = [
@@ -169,9 +181,7 @@ async fn ambiguous_framing_is_400_closes_the_connection_and_never_reaches_the_up
 
 #[tokio::test]
 async fn invalid_host_headers_are_400() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let (_gw, running) = env.start(&env.config(&up.url(), &up.url())).await;
+    let (_env, up, running) = start_with_limits(None).await;
     let http = running.addr("http").expect("http");
     for (name, head) in [
         (
@@ -194,14 +204,10 @@ async fn invalid_host_headers_are_400() {
 
 #[tokio::test]
 async fn oversized_heads_long_targets_and_header_floods_are_refused() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let yaml = with_limits(
-        &env,
-        &up.url(),
+    let (env, up, running) = start_with_limits(Some(
         "{ max_header_bytes: 16384, max_uri_bytes: 2048, max_headers: 40 }",
-    );
-    let (_gw, running) = env.start(&yaml).await;
+    ))
+    .await;
     let http = running.addr("http").expect("http");
     let host = "Host: globex.gw.test\r\n";
 
@@ -255,14 +261,10 @@ async fn oversized_heads_long_targets_and_header_floods_are_refused() {
 
 #[tokio::test]
 async fn slow_heads_silent_connections_and_stalled_handshakes_are_closed() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let yaml = with_limits(
-        &env,
-        &up.url(),
+    let (_env, up, running) = start_with_limits(Some(
         "{ header_timeout_ms: 400, handshake_timeout_ms: 400 }",
-    );
-    let (_gw, running) = env.start(&yaml).await;
+    ))
+    .await;
     let http = running.addr("http").expect("http");
     let https = running.addr("https").expect("https");
     let limit = Duration::from_secs(5);
@@ -445,9 +447,7 @@ async fn connection_caps_per_ip_and_global() {
 
 #[tokio::test]
 async fn a_thousand_idle_connections_do_not_stop_service() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let (_gw, running) = env.start(&env.config(&up.url(), &up.url())).await;
+    let (env, _up, running) = start_with_limits(None).await;
     let http = running.addr("http").expect("http");
     let https = running.addr("https").expect("https");
     let mut idle = Vec::new();
@@ -546,14 +546,7 @@ mod h2raw {
 #[tokio::test]
 async fn http2_limits_are_advertised_and_abuse_is_refused() {
     use h2raw::*;
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let yaml = with_limits(
-        &env,
-        &up.url(),
-        "{ h2_max_concurrent_streams: 50, max_header_bytes: 16384, h2_max_pending_reset_streams: 10 }",
-    );
-    let (_gw, running) = env.start(&yaml).await;
+    let (_env, up, running) = start_with_limits(Some("{ h2_max_concurrent_streams: 50, max_header_bytes: 16384, h2_max_pending_reset_streams: 10 }")).await;
     let http = running.addr("http").expect("http");
     let limit = Duration::from_secs(3);
 
