@@ -16,6 +16,7 @@ use crate::body::{self, BoxError, ProxyBody};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::headers::{forwarding, hop};
+use crate::io::{Observe, ObserveReads};
 use crate::limits::TenantStats;
 use crate::proxy::{ActiveRequest, ConnInfo};
 use crate::signing::{SignedFields, unix_now};
@@ -363,16 +364,20 @@ fn splice_upgrade<G: Send + 'static>(
         };
         let last = Arc::new(AtomicU64::new(0));
         let started = std::time::Instant::now();
-        let mut client = Activity {
-            inner: hyper_util::rt::TokioIo::new(client),
-            last: last.clone(),
-            started,
-        };
-        let mut upstream = Activity {
-            inner: hyper_util::rt::TokioIo::new(upstream),
-            last: last.clone(),
-            started,
-        };
+        let mut client = ObserveReads::new(
+            hyper_util::rt::TokioIo::new(client),
+            Activity {
+                last: last.clone(),
+                started,
+            },
+        );
+        let mut upstream = ObserveReads::new(
+            hyper_util::rt::TokioIo::new(upstream),
+            Activity {
+                last: last.clone(),
+                started,
+            },
+        );
         let tenant = watch.tenant.clone();
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
@@ -437,45 +442,16 @@ async fn suspended(mut w: UpgradeWatch) {
     std::future::pending().await
 }
 
-/// An I/O wrapper that records when bytes last moved (ms since `started`).
-struct Activity<T> {
-    inner: T,
+/// Records when bytes last arrived on an upgraded connection (ms since `started`).
+struct Activity {
     last: Arc<AtomicU64>,
     started: std::time::Instant,
 }
 
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.last
-                .store(this.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+impl Observe for Activity {
+    fn observe(&mut self, _bytes: &[u8]) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 

@@ -12,7 +12,8 @@
 //!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
 //!   [`limits`] (admit) → [`forward`] (strip, sign, send).
 //! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
-//! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers.
+//! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
+//! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
 //! - [`upstream`]: upstream pools, balancing, the pooled client.
 //! - [`error`]: `GatewayError` and SPEC's status codes.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod io;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;

@@ -15,7 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::gateway::Gateway;
-use crate::headers::framing::ScanHeads;
+use crate::headers::framing::HeadScanner;
+use crate::io::ObserveReads;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::{ConnLimits, Snapshot};
@@ -249,7 +250,7 @@ where
     let c = conn.clone();
     let g = gw.clone();
     let service = service_fn(move |req| proxy::handle(g.clone(), c.clone(), req));
-    let io = ScanHeads::new(io, conn.clone());
+    let io = ObserveReads::new(io, HeadScanner::new(conn.clone()));
     let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::select! {
         r = watcher.watch(fut.into_owned()) => r,

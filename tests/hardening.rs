@@ -356,10 +356,7 @@ async fn idle_connections_close_but_a_long_request_is_not_idle() {
 
 #[tokio::test]
 async fn a_stalled_request_body_is_408_and_a_slow_but_steady_one_passes() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let yaml = with_limits(&env, &up.url(), "{ body_timeout_ms: 400 }");
-    let (_gw, running) = env.start(&yaml).await;
+    let (_env, up, running) = start_with_limits(Some("{ body_timeout_ms: 400 }")).await;
     let http = running.addr("http").expect("http");
 
     let mut s = TcpStream::connect(http).await.expect("connect");
@@ -400,10 +397,7 @@ async fn a_stalled_request_body_is_408_and_a_slow_but_steady_one_passes() {
 
 #[tokio::test]
 async fn connection_caps_per_ip_and_global() {
-    let env = Env::new();
-    let up = Upstream::start("up").await;
-    let yaml = with_limits(&env, &up.url(), "{ max_connections_per_ip: 2 }");
-    let (_gw, running) = env.start(&yaml).await;
+    let (env, up, running) = start_with_limits(Some("{ max_connections_per_ip: 2 }")).await;
     let http = running.addr("http").expect("http");
     let hold = |addr| async move {
         let mut s = TcpStream::connect(addr).await.expect("connect");

@@ -9,17 +9,14 @@
 //! front-end/back-end disagreement about where a request ends from ever reaching an upstream.
 //!
 //! hyper drops a `Content-Length` it finds next to `Transfer-Encoding` before the request
-//! reaches us, so [`HeadScan`] watches the raw bytes of each HTTP/1 request head for a
+//! reaches us, so [`HeadScanner`] watches the raw bytes of each HTTP/1 request head for a
 //! `Content-Length` line (a few hundred bytes per request; bodies and HTTP/2 are not scanned).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Version};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::GatewayError;
 use crate::snapshot::ConnLimits;
@@ -106,11 +103,11 @@ impl HeadScan {
     }
 }
 
-/// Wraps a client connection's I/O and feeds each HTTP/1 request head through [`HeadScan`].
-pub struct ScanHeads<T> {
-    inner: T,
+/// Feeds the bytes a client connection reads through [`HeadScan`], one HTTP/1 request head at
+/// a time (wrap the connection in [`crate::io::ObserveReads`] with it).
+pub struct HeadScanner {
     scan: Arc<crate::proxy::ConnInfo>,
-    /// The current line's first bytes, lower-cased, and its length so far (without CR).
+    /// The current line's first bytes, lower-cased, and its length so far.
     prefix: [u8; 15],
     line_len: usize,
     /// A non-empty line has been seen in this head (empty lines before it are skipped).
@@ -119,18 +116,19 @@ pub struct ScanHeads<T> {
 
 const CONTENT_LENGTH_LINE: &[u8; 15] = b"content-length:";
 
-impl<T> ScanHeads<T> {
-    pub fn new(inner: T, conn: Arc<crate::proxy::ConnInfo>) -> Self {
+impl HeadScanner {
+    pub fn new(conn: Arc<crate::proxy::ConnInfo>) -> Self {
         Self {
-            inner,
             scan: conn,
             prefix: [0; 15],
             line_len: 0,
             in_head: false,
         }
     }
+}
 
-    fn feed(&mut self, bytes: &[u8]) {
+impl crate::io::Observe for HeadScanner {
+    fn observe(&mut self, bytes: &[u8]) {
         let scan = self.scan.head_scan();
         match scan.state.load(Ordering::Relaxed) {
             SCAN_ON => {}
@@ -177,55 +175,10 @@ fn take(prefix: &mut [u8; 15], line_len: &mut usize, part: &[u8], scan: &HeadSca
     *line_len += part.len();
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ScanHeads<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.feed(&buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ScanHeads<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::Observe;
 
     fn limits() -> ConnLimits {
         crate::config::compile::default_limits()
@@ -275,20 +228,20 @@ mod tests {
             false,
             None,
         ));
-        let mut s = ScanHeads::new((), conn.clone());
-        s.feed(b"POST / HTTP/1.1\r\nHost: a\r\nConTent-Len");
-        s.feed(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut s = HeadScanner::new(conn.clone());
+        s.observe(b"POST / HTTP/1.1\r\nHost: a\r\nConTent-Len");
+        s.observe(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(conn.head_scan().content_length_lines(), 1);
         // Body bytes are not scanned.
-        s.feed(b"content-length: 1\r\ncontent-length: 2\r\n");
+        s.observe(b"content-length: 1\r\ncontent-length: 2\r\n");
         assert_eq!(conn.head_scan().content_length_lines(), 1);
         // The next head starts fresh.
         conn.head_scan().restart();
-        s.feed(b"\r\nGET / HTTP/1.1\r\ncontent-length: 0\r\nContent-Length: 0\r\n\r\n");
+        s.observe(b"\r\nGET / HTTP/1.1\r\ncontent-length: 0\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(conn.head_scan().content_length_lines(), 2);
         conn.head_scan().restart();
         conn.head_scan().disable();
-        s.feed(b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        s.observe(b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(conn.head_scan().content_length_lines(), 0);
     }
 
