@@ -67,7 +67,8 @@ def test_jcs_floats_match_ecmascript():
              -2.5: "-2.5", 1.7976931348623157e308: "1.7976931348623157e+308"}
     for x, s in cases.items():
         assert canonical_json(x) == s
+    assert canonical_json([2**53, 10**21]) == "[9007199254740992,1e+21]"
     with pytest.raises(ValueError):
-        canonical_json(2**53)
+        canonical_json(2**53 + 1)
     with pytest.raises(ValueError):
         canonical_json(float("nan"))

@@ -60,7 +60,7 @@ def _es_number(x: float) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    """RFC 8785 (JCS) serialisation. Integers must be within +-(2**53-1)."""
+    """RFC 8785 (JCS) serialisation. Integers beyond 2**53 must be exactly representable as doubles."""
     if value is None:
         return "null"
     if value is True:
@@ -68,9 +68,12 @@ def canonical_json(value: Any) -> str:
     if value is False:
         return "false"
     if isinstance(value, int):
-        if abs(value) > _MAX_SAFE_INT:
-            raise ValueError("integer outside +-(2**53-1) cannot be canonicalised across languages")
-        return str(value)
+        if abs(value) <= _MAX_SAFE_INT:
+            return str(value)
+        as_float = float(value)  # JSON numbers are IEEE doubles (RFC 8785): exact ones only
+        if int(as_float) != value:
+            raise ValueError("integer not exactly representable as a double cannot be canonicalised")
+        return _es_number(as_float)
     if isinstance(value, float):
         return _es_number(value)
     if isinstance(value, str):
