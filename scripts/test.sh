@@ -17,3 +17,4 @@ if ((${#missing[@]})); then
 fi
 
 cargo test --locked "$@"
+bash middleware/test.sh
