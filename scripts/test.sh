@@ -16,5 +16,13 @@ if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
+# The signature tests verify Ed25519 with Python's `cryptography` (an independent implementation).
+if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
+  echo "installing python3 cryptography"
+  python3 -m pip install --quiet cryptography ||
+    python3 -m pip install --quiet --break-system-packages cryptography ||
+    (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq python3-cryptography)
+fi
+
 cargo test --locked "$@"
 bash middleware/test.sh
