@@ -435,22 +435,17 @@ async fn v2_signatures_are_bound_to_the_pool_and_verify_with_the_published_keys(
         Err(VerifyError::Audience)
     );
     // Tampering with the source (or the subject) is detected.
-    let mut tampered = as_request(&seen);
-    tampered
-        .headers_mut()
-        .insert("x-tenant-source", "host".parse().expect("h"));
-    assert_eq!(
-        for_pool("shared").verify_request(&tampered),
-        Err(VerifyError::Mismatch)
-    );
-    let mut tampered = as_request(&seen);
-    tampered
-        .headers_mut()
-        .insert("x-tenant-subject", "zoe".parse().expect("h"));
-    assert_eq!(
-        for_pool("shared").verify_request(&tampered),
-        Err(VerifyError::Mismatch)
-    );
+    for (name, value) in [("x-tenant-source", "host"), ("x-tenant-subject", "zoe")] {
+        let mut tampered = as_request(&seen);
+        tampered
+            .headers_mut()
+            .insert(name, value.parse().expect("h"));
+        assert_eq!(
+            for_pool("shared").verify_request(&tampered),
+            Err(VerifyError::Mismatch),
+            "{name}"
+        );
+    }
 
     // acme's dedicated pool is signed with its own HMAC key, audience acme-dedicated.
     assert_eq!(status(http, "acme.gw.test", "/x").await, StatusCode::OK);
@@ -470,37 +465,21 @@ async fn v2_signatures_are_bound_to_the_pool_and_verify_with_the_published_keys(
         Err(VerifyError::UnknownKey)
     );
     // ...and a shared-pool service holding only the public keys refuses what it could mint.
+    let fields = tenant_gateway::signing::SignedFields {
+        request_id: "r",
+        method: "GET",
+        authority: "globex.gw.test",
+        path_and_query: "/api/orders",
+        tenant: "globex",
+        plan: "enterprise",
+        subject: "",
+        source: "host",
+    };
     let minted =
         tenant_gateway::signing::SigningKey::new("kd", b"dedicated-deployment-secret-0123")
-            .sign_v2(
-                unix_now(),
-                &tenant_gateway::signing::SignedFields {
-                    request_id: "r",
-                    method: "GET",
-                    authority: "globex.gw.test",
-                    path_and_query: "/api/orders",
-                    tenant: "globex",
-                    plan: "enterprise",
-                    subject: "",
-                    source: "host",
-                },
-                "shared",
-            );
+            .sign_v2(unix_now(), &fields, "shared");
     assert_eq!(
-        for_pool("shared").verify_at(
-            &minted,
-            &tenant_gateway::signing::SignedFields {
-                request_id: "r",
-                method: "GET",
-                authority: "globex.gw.test",
-                path_and_query: "/api/orders",
-                tenant: "globex",
-                plan: "enterprise",
-                subject: "",
-                source: "host",
-            },
-            unix_now()
-        ),
+        for_pool("shared").verify_at(&minted, &fields, unix_now()),
         Err(VerifyError::UnknownKey)
     );
 }

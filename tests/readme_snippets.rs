@@ -68,11 +68,7 @@ async fn real_signed_request() -> (serde_json::Value, Seen) {
     .await;
     assert_eq!(got.status, 200);
     let seen = shared.requests().remove(0);
-    let headers: serde_json::Map<String, serde_json::Value> = seen
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").into()))
-        .collect();
+    let headers = headers_json(&seen);
     let case = serde_json::json!({
         "headers": headers,
         "method": seen.method,
@@ -81,6 +77,14 @@ async fn real_signed_request() -> (serde_json::Value, Seen) {
         "secret": SIGNING_SECRET,
     });
     (case, seen)
+}
+
+/// The headers an upstream received, as a JSON object.
+fn headers_json(seen: &Seen) -> serde_json::Map<String, serde_json::Value> {
+    seen.headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").into()))
+        .collect()
 }
 
 fn check_snippet(program: &str, code: &str, case: &serde_json::Value) {
@@ -178,11 +182,7 @@ async fn real_v2_request() -> serde_json::Value {
     .await;
     assert_eq!(got.status, 200);
     let seen = shared.requests().remove(0);
-    let headers: serde_json::Map<String, serde_json::Value> = seen
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").into()))
-        .collect();
+    let headers = headers_json(&seen);
     serde_json::json!({
         "headers": headers, "method": seen.method, "path": seen.path, "jwks": jwks,
         "audience": "shared",
@@ -191,14 +191,21 @@ async fn real_v2_request() -> serde_json::Value {
 
 fn check_snippet_v2(program: &str, code: &str, case: &serde_json::Value) {
     assert_eq!(run(program, code, case), "true", "{program}: genuine v2");
-    let changes: [(&str, fn(&mut serde_json::Value)); 5] = [
-        ("changed path", |c| c["path"] = "/orders/8?expand=items&x=%20y".into()),
-        ("changed source", |c| c["headers"]["x-tenant-source"] = "sni".into()),
+    type Change = fn(&mut serde_json::Value);
+    let changes: [(&str, Change); 5] = [
+        ("changed path", |c| {
+            c["path"] = "/orders/8?expand=items&x=%20y".into()
+        }),
+        ("changed source", |c| {
+            c["headers"]["x-tenant-source"] = "sni".into()
+        }),
         ("another pool", |c| c["audience"] = "acme-dedicated".into()),
         ("replay after the window", |c| {
             c["now"] = (tenant_gateway::signing::unix_now() + 3600).into()
         }),
-        ("unknown key", |c| c["jwks"]["keys"][0]["kid"] = "other".into()),
+        ("unknown key", |c| {
+            c["jwks"]["keys"][0]["kid"] = "other".into()
+        }),
     ];
     for (what, change) in changes {
         let mut changed = case.clone();
