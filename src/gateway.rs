@@ -184,6 +184,7 @@ impl Gateway {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
                 Metrics::count(&self.metrics.reloads, "result", "ok");
+                self.metrics.last_reload_failed.set(0);
                 self.reloads.send_replace(generation);
                 self.metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, hash = %hash, %summary, "config reloaded");
@@ -195,6 +196,7 @@ impl Gateway {
                 }
                 *last = Some(errors.to_string());
                 Metrics::count(&self.metrics.reloads, "result", "error");
+                self.metrics.last_reload_failed.set(1);
                 Err(errors)
             }
         }
