@@ -157,7 +157,7 @@ impl Metrics {
         ];
         for (family, label, values) in known {
             for v in values {
-                family.get_or_create(&vec![(label, (*v).to_owned())]);
+                let _ = family.get_or_create(&vec![(label, (*v).to_owned())]);
             }
         }
         Self {
