@@ -20,4 +20,5 @@ if ((${#missing[@]})); then
 fi
 
 cargo test --locked "$@"
+bash middleware/test.sh
 bash deploy/test.sh

@@ -342,6 +342,13 @@ async fn route(
             );
             r
         }
+        (&Method::GET, "/.well-known/tenant-signing-keys") => {
+            let snap = gw.snapshot();
+            json(
+                StatusCode::OK,
+                crate::signing::jwks(snap.signing.keys.iter().map(|k| &**k)),
+            )
+        }
         (&Method::POST, "/reload") => {
             let g = gw.clone();
             match tokio::task::spawn_blocking(move || g.reload()).await {

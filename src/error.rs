@@ -63,6 +63,8 @@ pub enum GatewayError {
     RequestTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("invalid request target: {0}")]
+    InvalidPath(crate::normalize::PathError),
     #[error("no route matches")]
     NoRoute,
     #[error("upstream unavailable ({})", .0.as_str())]
@@ -90,6 +92,7 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable(UpstreamFailure::NoEndpoint) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -117,6 +120,7 @@ impl GatewayError {
             Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout => "request_timeout",
             Self::BadRequest(_) => "bad_request",
+            Self::InvalidPath(_) => "invalid_path",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -143,6 +147,7 @@ impl GatewayError {
             Self::UriTooLong => "the request target is too long",
             Self::RequestTimeout => "the request body was not received in time",
             Self::BadRequest(reason) => reason,
+            Self::InvalidPath(_) => "the request target is not a valid origin-form path",
             Self::NoRoute => "no route matches this path",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
@@ -232,6 +237,11 @@ mod tests {
         let d = Duration::from_millis(1500);
         let cases = [
             (GatewayError::UnknownTenant, 404, "unknown_tenant"),
+            (
+                GatewayError::InvalidPath(crate::normalize::PathError::AboveRoot),
+                400,
+                "invalid_path",
+            ),
             (GatewayError::Misdirected, 421, "misdirected_request"),
             (GatewayError::TenantMismatch, 403, "tenant_mismatch"),
             (GatewayError::InvalidToken, 401, "invalid_token"),

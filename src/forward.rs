@@ -37,6 +37,8 @@ pub struct Forwarding<'a> {
     /// `token.forward_claims` headers (not covered by the signature).
     pub claims: &'a [(HeaderName, HeaderValue)],
     pub request_id: &'a HeaderValue,
+    /// The route's pool signer (key, version, audience).
+    pub signer: Option<&'a crate::signing::Signer>,
 }
 
 /// Rewrites the request head in place: hop-by-hop and client `x-tenant-*` headers out,
@@ -95,9 +97,14 @@ pub fn rewrite_request_head(
         path_and_query,
         tenant: &fwd.tenant.name,
         plan: &fwd.tenant.plan,
+        // Visible ASCII by construction (`signing::encode_subject` at token time).
         subject: fwd.subject.and_then(|s| s.to_str().ok()).unwrap_or(""),
+        source: fwd.identity.sources.as_str(),
     };
-    let signature = snap.signing.active.sign(unix_now(), &fields);
+    let signature = match &fwd.signer {
+        Some(signer) => signer.sign(unix_now(), &fields),
+        None => snap.signing.active.sign(unix_now(), &fields),
+    };
     headers.insert(
         names.signature.clone(),
         HeaderValue::try_from(signature)
@@ -289,10 +296,7 @@ pub async fn forward(
     hop::strip(&mut rparts.headers);
     Ok(Response::from_parts(
         rparts,
-        body::stream(Guarded {
-            inner: rbody,
-            _guard: guard,
-        }),
+        body::stream(Guarded::new(rbody, guard, snap.limits.stream_idle_timeout)),
     ))
 }
 
@@ -571,18 +575,95 @@ where
     }
 }
 
-/// A body that holds a guard (an in-flight count, later a concurrency permit) until the body
-/// has been sent or dropped.
+/// The upstream's response body on its way to the client, holding `guard` (the endpoint's
+/// in-flight count, the tenant's concurrency slot, the connection's active request) until the
+/// body has been sent or dropped.
+///
+/// A body that moves nothing for `limits.stream_idle_timeout_ms` is cut, either way:
+/// - the upstream sends nothing after the head: the next poll past the deadline fails;
+/// - the client reads nothing: hyper stops polling the body, so a watchdog (started only once a
+///   body needs more than one frame) takes the upstream body and the guard away, which frees
+///   the upstream connection and the tenant's slot; the client's stream then fails.
 pub struct Guarded<B, G> {
-    pub inner: B,
-    pub _guard: G,
+    state: GuardState<B, G>,
+    timeout: Duration,
+    /// The upstream-stall timer, made the first time the upstream has nothing to send.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
+}
+
+enum GuardState<B, G> {
+    /// Not past its first frame: no watchdog, no shared state.
+    Direct(B, G),
+    /// Streaming: the watchdog may take the parts away.
+    Watched(Arc<Watched<B, G>>),
+    Cut,
+}
+
+/// What a streaming response shares with its watchdog.
+struct Watched<B, G> {
+    parts: std::sync::Mutex<Option<(B, G)>>,
+    /// When the client last took a frame, in ms since `started`.
+    last_ms: AtomicU64,
+    started: std::time::Instant,
+    /// Wakes the watchdog when the body ends or is dropped.
+    done: tokio::sync::Notify,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub fn new(inner: B, guard: G, timeout: Duration) -> Self {
+        Self {
+            state: GuardState::Direct(inner, guard),
+            timeout,
+            stall: None,
+            progressed: false,
+        }
+    }
+}
+
+impl<B, G> Drop for Guarded<B, G> {
+    fn drop(&mut self) {
+        if let GuardState::Watched(w) = &self.state {
+            w.done.notify_one();
+        }
+    }
+}
+
+/// Cuts a streaming response whose client has read nothing for `timeout`.
+async fn watch_client<B, G>(w: Arc<Watched<B, G>>, timeout: Duration) {
+    loop {
+        let last = Duration::from_millis(w.last_ms.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::from_std(w.started + last + timeout);
+        tokio::select! {
+            _ = w.done.notified() => return,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if Arc::strong_count(&w) == 1 {
+            return;
+        }
+        let quiet = w
+            .started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(w.last_ms.load(Ordering::Relaxed)));
+        if quiet >= timeout {
+            let parts = w.parts.lock().map(|mut p| p.take()).unwrap_or(None);
+            if parts.is_some() {
+                tracing::info!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "client read nothing for the stream idle timeout; response cut"
+                );
+            }
+            drop(parts);
+            return;
+        }
+    }
 }
 
 impl<B, G> Body for Guarded<B, G>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
-    G: Unpin,
+    G: Unpin + Send + 'static,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -591,16 +672,120 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner)
-            .poll_frame(cx)
-            .map_err(Into::into)
+        let this = self.get_mut();
+        let polled = match &mut this.state {
+            GuardState::Direct(inner, _) => {
+                let p = Pin::new(&mut *inner).poll_frame(cx);
+                if matches!(p, Poll::Ready(Some(Ok(_)))) && !inner.is_end_stream() {
+                    // More than one frame: from here on the client's reading is watched.
+                    let GuardState::Direct(inner, guard) =
+                        std::mem::replace(&mut this.state, GuardState::Cut)
+                    else {
+                        unreachable!("matched Direct above")
+                    };
+                    let started = std::time::Instant::now();
+                    let w = Arc::new(Watched {
+                        parts: std::sync::Mutex::new(Some((inner, guard))),
+                        last_ms: AtomicU64::new(0),
+                        started,
+                        done: tokio::sync::Notify::new(),
+                    });
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        tokio::spawn(watch_client(w.clone(), this.timeout));
+                    }
+                    this.state = GuardState::Watched(w);
+                }
+                p
+            }
+            GuardState::Watched(w) => {
+                w.last_ms
+                    .store(w.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let mut parts = match w.parts.lock() {
+                    Ok(p) => p,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                match parts.as_mut() {
+                    Some((inner, _)) => Pin::new(inner).poll_frame(cx),
+                    None => {
+                        drop(parts);
+                        this.state = GuardState::Cut;
+                        return Poll::Ready(Some(Err(
+                            "response cut: the client read nothing for the stream idle timeout"
+                                .into(),
+                        )));
+                    }
+                }
+            }
+            GuardState::Cut => return Poll::Ready(None),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.progressed = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                if let GuardState::Watched(w) = &this.state {
+                    w.done.notify_one();
+                }
+                Poll::Ready(other.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                // The upstream has nothing to send: arm (or re-arm after progress) the stall timer.
+                let next = tokio::time::Instant::now() + this.timeout;
+                let timer = match &mut this.stall {
+                    Some(t) => {
+                        if this.progressed {
+                            t.as_mut().reset(next);
+                        }
+                        t
+                    }
+                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(next))),
+                };
+                this.progressed = false;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::info!(
+                            timeout_ms = this.timeout.as_millis() as u64,
+                            "upstream sent nothing for the stream idle timeout; response cut"
+                        );
+                        let old = std::mem::replace(&mut this.state, GuardState::Cut);
+                        if let GuardState::Watched(w) = &old {
+                            w.done.notify_one();
+                        }
+                        drop(old);
+                        Poll::Ready(Some(Err(
+                            "response cut: the upstream sent nothing for the stream idle timeout"
+                                .into(),
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.state {
+            GuardState::Direct(inner, _) => inner.is_end_stream(),
+            GuardState::Watched(w) => w
+                .parts
+                .lock()
+                .map(|p| p.as_ref().is_none_or(|(inner, _)| inner.is_end_stream()))
+                .unwrap_or(true),
+            GuardState::Cut => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.state {
+            GuardState::Direct(inner, _) => inner.size_hint(),
+            GuardState::Watched(w) => w
+                .parts
+                .lock()
+                .ok()
+                .and_then(|p| p.as_ref().map(|(inner, _)| inner.size_hint()))
+                .unwrap_or_default(),
+            GuardState::Cut => SizeHint::default(),
+        }
     }
 }

@@ -34,6 +34,7 @@ pub mod io;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
+pub mod normalize;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -43,6 +43,16 @@ enum Command {
     Check {
         #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
         config: PathBuf,
+        /// Also print, per tenant, which path prefix goes to which upstream under which
+        /// requirements (tenant routes first, global requirements included).
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Print the public signing keys (Ed25519) as a JWKS, as the admin listener serves them at
+    /// /.well-known/tenant-signing-keys.
+    SigningKeys {
+        #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
+        config: PathBuf,
     },
     /// Demo upstreams, dev certificates and config/demo.yaml, with curl lines to try.
     Demo {
@@ -64,7 +74,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check { config, explain } => return check(&config, explain),
+        Command::SigningKeys { config } => return signing_keys(&config),
         Command::DevCerts {
             out,
             domain,
@@ -116,7 +127,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, explain: bool) -> ExitCode {
     match config::load(path) {
         Ok(snap) => {
             println!(
@@ -127,6 +138,57 @@ fn check(path: &Path) -> ExitCode {
                 snap.upstreams.len(),
                 snap.certs.len()
             );
+            if explain {
+                print!("{}", explain_routes(&snap));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check --explain`: per tenant, each prefix with its upstream and requirements.
+fn explain_routes(snap: &tenant_gateway::snapshot::Snapshot) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for tenant in &snap.tenants {
+        let _ = writeln!(out, "tenant {} (plan {})", tenant.name, tenant.plan);
+        for e in tenant_gateway::route::explain(snap, tenant) {
+            let mut req = Vec::new();
+            if e.requirements.token {
+                req.push("token");
+            }
+            if e.requirements.apikey {
+                req.push("apikey");
+            }
+            let _ = writeln!(
+                out,
+                "  {:<24} -> {:<20} require: {:<14} ({} route)",
+                e.prefix,
+                e.upstream,
+                if req.is_empty() {
+                    "-".to_owned()
+                } else {
+                    req.join(",")
+                },
+                if e.own_route { "tenant" } else { "global" }
+            );
+        }
+    }
+    out
+}
+
+fn signing_keys(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(snap) => {
+            let jwks = tenant_gateway::signing::jwks(snap.signing.keys.iter().map(|k| &**k));
+            println!("{jwks:#}");
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -25,6 +25,7 @@ use crate::headers::forwarding;
 use crate::headers::framing::{HeadScan, check_request};
 use crate::limits::{self, RateLimitHeaders, admit};
 use crate::metrics::Metrics;
+use crate::normalize::{PathError, PathPolicy, match_path, normalize_path};
 use crate::route::select_route;
 use crate::signing::unix_now;
 use crate::snapshot::Snapshot;
@@ -33,7 +34,6 @@ use crate::tenant::{SourceSet, admit_status, agree, apikey_tenant, request_host,
 use crate::token::TokenAuth;
 
 /// What the accept phase learned about a connection, shared by its requests.
-#[derive(Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client address, ready to send as `x-forwarded-for`.
@@ -49,6 +49,19 @@ pub struct ConnInfo {
     idle_since_ms: AtomicU64,
     /// What the raw bytes of the current HTTP/1 request head showed.
     head_scan: HeadScan,
+    /// What the connection holds until every reference to it is gone (its connection slots:
+    /// an upgraded connection keeps them through the `ActiveRequest` its splice holds).
+    _holds: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("remote", &self.remote)
+            .field("tls", &self.tls)
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnInfo {
@@ -63,7 +76,14 @@ impl ConnInfo {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_scan: HeadScan::new(true),
+            _holds: None,
         }
+    }
+
+    /// Keeps `slot` until the connection info is dropped.
+    pub fn holding(mut self, slot: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._holds = Some(slot);
+        self
     }
 
     /// The raw-head scan of this connection (HTTP/1 only).
@@ -208,7 +228,7 @@ async fn run_phases(
     gw: &Gateway,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
     out: &mut Outcome,
     active: ActiveRequest,
@@ -217,6 +237,8 @@ async fn run_phases(
         conn.head_scan.disable();
     }
     check_request(&req, &snap.limits, conn.head_scan.content_length_lines())?;
+    // normalise: one path for routing, signing and forwarding
+    normalize_target(&mut req, snap.limits.path)?;
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
     let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
@@ -234,15 +256,20 @@ async fn run_phases(
     let identity = admit_status(snap, identity)?;
     let tenant = snap.tenant(identity.tenant);
     // route
-    let route = select_route(snap, tenant, req.uri().path())?;
+    let path = match req.uri().path() {
+        // `OPTIONS *` goes where the root goes, under the root's requirements.
+        "*" => "/",
+        p => p,
+    };
+    let (route, required) = select_route(snap, tenant, &match_path(path))?;
     if snap.access_log {
         out.route = Some(route.path_prefix.clone());
         out.upstream = Some(route.upstream.name.clone());
     }
-    if route.require_token && claims.is_none() {
+    if required.token && claims.is_none() {
         return Err(GatewayError::TokenRequired);
     }
-    if route.require_apikey && by_key.is_none() {
+    if required.apikey && by_key.is_none() {
         return Err(GatewayError::InvalidApiKey);
     }
     // admit (limits)
@@ -254,6 +281,7 @@ async fn run_phases(
         subject: claims.as_ref().and_then(|c| c.subject.as_ref()),
         claims: claims.as_ref().map_or(&[], |c| c.forwarded.as_slice()),
         request_id,
+        signer: route.upstream.signer.as_ref(),
     };
     let h2c = route.upstream.endpoints().first().is_some_and(|e| e.h2c);
     let client = gw.client_for(
@@ -266,4 +294,37 @@ async fn run_phases(
         active,
     };
     forward(gw, &client, snap, conn, &fwd, route, req, hold).await
+}
+
+/// Normalises the request target in place (SPEC "Request normalisation"): origin-form only
+/// (or `*` for OPTIONS), the path as `normalize::normalize_path` makes it, the query untouched.
+/// HTTP/2 requests carry their scheme and authority in the URI; only `:path` is looked at.
+pub fn normalize_target<B>(req: &mut Request<B>, policy: PathPolicy) -> Result<(), GatewayError> {
+    let uri = req.uri();
+    if req.version() < http::Version::HTTP_2
+        && (uri.scheme().is_some() || uri.authority().is_some())
+    {
+        return Err(GatewayError::InvalidPath(PathError::NotOriginForm));
+    }
+    let Some(pq) = uri.path_and_query() else {
+        return Err(GatewayError::InvalidPath(PathError::NotOriginForm));
+    };
+    if pq.as_str() == "*" && req.method() == http::Method::OPTIONS {
+        return Ok(());
+    }
+    let Some(path) = normalize_path(pq.path(), policy).map_err(GatewayError::InvalidPath)? else {
+        return Ok(());
+    };
+    let target = match pq.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(target)
+            .map_err(|_| GatewayError::InvalidPath(PathError::BadEscape))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| GatewayError::InvalidPath(PathError::NotOriginForm))?;
+    Ok(())
 }

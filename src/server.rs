@@ -103,39 +103,59 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         // and streams we had to reset for protocol errors, both end in GOAWAY past the cap.
         .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
         .max_local_error_reset_streams(1024)
+        .max_send_buf_size(limits.h2_max_send_buffer)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     b
 }
 
-/// Counts a connection against its client IP while it lives (`limits.max_connections_per_ip`).
-struct PerIp<'a> {
-    map: &'a dashmap::DashMap<std::net::IpAddr, usize>,
-    ip: std::net::IpAddr,
+/// What a connection holds while it lives: its slot under the global cap, its count against
+/// its client IP (`limits.max_connections_per_ip`) and the active-connections gauge. It lives in
+/// the connection's `ConnInfo`, so an upgraded connection (WebSocket), whose splice holds the
+/// `ConnInfo` of its last request, keeps all three until it closes.
+struct ConnSlot {
+    gw: Arc<Gateway>,
+    /// Counted against this IP, when the per-IP cap is on.
+    ip: Option<std::net::IpAddr>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl<'a> PerIp<'a> {
-    /// `None` when `ip` already holds `cap` connections.
+impl ConnSlot {
+    /// `None` when `ip` already holds `cap` connections (`cap` 0: no per-IP cap).
     fn take(
-        map: &'a dashmap::DashMap<std::net::IpAddr, usize>,
+        gw: Arc<Gateway>,
         ip: std::net::IpAddr,
         cap: usize,
+        permit: OwnedSemaphorePermit,
     ) -> Option<Self> {
-        let mut n = map.entry(ip).or_insert(0);
-        if *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(Self { map, ip })
+        let counted = if cap == 0 {
+            None
+        } else {
+            let mut n = gw.per_ip.entry(ip).or_insert(0);
+            if *n >= cap {
+                return None;
+            }
+            *n += 1;
+            Some(ip)
+        };
+        gw.metrics().active_connections.inc();
+        Some(Self {
+            gw,
+            ip: counted,
+            _permit: permit,
+        })
     }
 }
 
-impl Drop for PerIp<'_> {
+impl Drop for ConnSlot {
     fn drop(&mut self) {
-        // Remove the entry at zero so the map holds only IPs with open connections.
-        self.map.remove_if_mut(&self.ip, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
+        self.gw.metrics().active_connections.dec();
+        if let Some(ip) = self.ip {
+            // Remove the entry at zero so the map holds only IPs with open connections.
+            self.gw.per_ip.remove_if_mut(&ip, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
     }
 }
 
@@ -156,33 +176,24 @@ async fn serve_connection(
     ctx: Arc<ListenerCtx>,
     stream: TcpStream,
     remote: std::net::SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let limits = ctx.gateway.snapshot().limits;
     let metrics = ctx.gateway.metrics();
-    let _per_ip = match limits.max_connections_per_ip {
-        0 => None,
-        cap => match PerIp::take(&ctx.gateway.per_ip, remote.ip(), cap) {
-            Some(p) => Some(p),
-            None => {
-                tracing::debug!(%remote, "per-IP connection cap reached; closing");
-                Metrics::count(&metrics.connections_closed, "reason", "per_ip_cap");
-                return;
-            }
-        },
+    let Some(slot) = ConnSlot::take(
+        ctx.gateway.clone(),
+        remote.ip(),
+        limits.max_connections_per_ip,
+        permit,
+    ) else {
+        tracing::debug!(%remote, "per-IP connection cap reached; closing");
+        Metrics::count(&metrics.connections_closed, "reason", "per_ip_cap");
+        return;
     };
+    let slot: Box<dyn std::any::Any + Send + Sync> = Box::new(slot);
     let builder = builder(&limits);
     let gw = ctx.gateway.clone();
-    metrics.active_connections.inc();
-    // Decrements when the connection ends, however it ends.
-    struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-    impl Drop for Open<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let _open = Open(&metrics.active_connections);
     let served = match &ctx.tls {
         None => {
             // hyper's header timer starts with the first byte; a client that connects and
@@ -197,7 +208,7 @@ async fn serve_connection(
                 Metrics::count(&metrics.connections_closed, "reason", "first_byte_timeout");
                 return;
             }
-            let conn = Arc::new(ConnInfo::new(remote, false, None));
+            let conn = Arc::new(ConnInfo::new(remote, false, None).holding(slot));
             serve(&builder, stream, conn, gw, watcher, limits.idle_timeout).await
         }
         Some(acceptor) => {
@@ -222,7 +233,7 @@ async fn serve_connection(
                     }
                 };
             let sni = tls_stream.get_ref().1.server_name();
-            let conn = Arc::new(ConnInfo::new(remote, true, sni));
+            let conn = Arc::new(ConnInfo::new(remote, true, sni).holding(slot));
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 conn.head_scan().disable();
             }

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub hosts: HashMap<Box<str>, TenantId>,
     /// Global routes, longest prefix first.
     pub routes: Arc<[Route]>,
+    /// Whether any global route requires a token or an API key (they apply to tenant routes too).
+    pub global_requirements: bool,
     pub upstreams: HashMap<Box<str>, Arc<UpstreamPool>>,
     pub certs: CertStore,
     pub signing: Signing,
@@ -153,6 +155,12 @@ pub struct ConnLimits {
     pub h2_max_pending_reset_streams: usize,
     pub shutdown_grace: Duration,
     pub close_upgraded_on_suspend: bool,
+    /// How request paths are normalised (`merge_slashes`, `escaped_slashes`).
+    pub path: crate::normalize::PathPolicy,
+    /// A response body that moves nothing for this long is cut (`stream_idle_timeout_ms`).
+    pub stream_idle_timeout: Duration,
+    /// HTTP/2 per-stream send buffer (`h2_max_send_buffer_bytes`).
+    pub h2_max_send_buffer: usize,
 }
 
 /// Which sources may identify a tenant (SPEC `tenancy.sources`).
@@ -220,5 +228,7 @@ pub struct Route {
 pub struct Signing {
     pub active: Arc<SigningKey>,
     pub keys: Vec<Arc<SigningKey>>,
+    /// `signing.version`.
+    pub version: crate::signing::SigVersion,
     pub names: TenantHeaderNames,
 }

@@ -81,6 +81,12 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, GatewayError> {
         },
     };
     let host = strip_port(raw).ok_or(GatewayError::BadRequest("invalid Host header"))?;
+    // A fully qualified name (`acme.gw.example.com.`) names the same host.
+    let host = match host.strip_suffix('.') {
+        Some(h) if !h.is_empty() && !h.ends_with('.') => h,
+        Some(_) => return Err(GatewayError::BadRequest("invalid Host header")),
+        None => host,
+    };
     Ok(Some(host))
 }
 

@@ -59,11 +59,11 @@ pub struct TokenAuth {
     allowed: Vec<Algorithm>,
     base: Validation,
     keys: HashMap<String, VerifyKey>,
-    jwks: Option<JwksFile>,
+    jwks: Option<Arc<JwksFile>>,
     /// `jwks_url`: fetched in the background; adopted across reloads.
     pub remote: Option<Arc<crate::jwks::RemoteJwks>>,
     forward_claims: Vec<(String, HeaderName)>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for TokenAuth {
@@ -191,20 +191,22 @@ impl TokenAuth {
             allowed,
             base,
             keys: map,
-            jwks: jwks_file.map(|(path, keys)| JwksFile {
-                path,
-                keys: ArcSwap::from_pointee(keys),
-                // The first unknown kid may re-read at once; then at most once per interval.
-                last_read: Mutex::new(
-                    Instant::now()
-                        .checked_sub(JWKS_REFRESH_INTERVAL)
-                        .unwrap_or_else(Instant::now),
-                ),
-                generation: AtomicU64::new(0),
+            jwks: jwks_file.map(|(path, keys)| {
+                Arc::new(JwksFile {
+                    path,
+                    keys: ArcSwap::from_pointee(keys),
+                    // The first unknown kid may re-read at once; then at most once per interval.
+                    last_read: Mutex::new(
+                        Instant::now()
+                            .checked_sub(JWKS_REFRESH_INTERVAL)
+                            .unwrap_or_else(Instant::now),
+                    ),
+                    generation: AtomicU64::new(0),
+                })
             }),
             remote: None,
             forward_claims,
-            cache: TokenCache::new(CACHE_CAPACITY),
+            cache: Arc::new(TokenCache::new(CACHE_CAPACITY)),
         })
     }
 
@@ -235,15 +237,20 @@ impl TokenAuth {
         if let Some(hit) = self.cache.get(&digest, now) {
             return Ok(hit);
         }
-        let claims = Arc::new(self.verify(token)?);
-        if claims.exp > now {
-            self.cache.insert(digest, claims.clone(), now);
-        }
+        let (claims, kid) = self.verify_inner(token)?;
+        let claims = Arc::new(claims);
+        self.cache
+            .insert_verified(digest, claims.clone(), kid.map(Arc::from), now);
         Ok(claims)
     }
 
     /// Checks a token by signature and claims, bypassing the cache (benchmarks use this).
     pub fn verify(&self, token: &str) -> Result<TokenClaims, GatewayError> {
+        self.verify_inner(token).map(|(claims, _)| claims)
+    }
+
+    /// [`TokenAuth::verify`], with the `kid` that verified the token.
+    fn verify_inner(&self, token: &str) -> Result<(TokenClaims, Option<String>), GatewayError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::InvalidToken)?;
         if !self.allowed.contains(&header.alg) {
             return Err(GatewayError::InvalidToken);
@@ -261,7 +268,7 @@ impl TokenAuth {
             }
             None => return Err(GatewayError::InvalidToken),
         };
-        self.claims(data)
+        Ok((self.claims(data)?, header.kid))
     }
 
     fn verify_with_kid(
@@ -285,42 +292,34 @@ impl TokenAuth {
         if let Some(k) = jwks.keys.load().get(kid) {
             return decode(token, k);
         }
-        // Unknown kid: maybe the identity provider rotated. Re-read, rate-limited.
-        if self.refresh_jwks(jwks)
-            && let Some(k) = jwks.keys.load().get(kid)
-        {
-            return decode(token, k);
-        }
+        // Unknown kid: maybe the identity provider rotated. Ask for a re-read (rate-limited,
+        // off the request path); this request is refused, later ones see the new set.
+        self.refresh_jwks(jwks);
         Err(GatewayError::InvalidToken)
     }
 
-    /// Re-reads the JWKS file if the last read is old enough; true if the key set changed.
-    fn refresh_jwks(&self, jwks: &JwksFile) -> bool {
+    /// Re-reads the JWKS file in the background if the last read is old enough. Never blocks
+    /// the caller and never clears the cache: only tokens verified with a key that disappeared
+    /// are forgotten.
+    fn refresh_jwks(&self, jwks: &Arc<JwksFile>) {
         {
             let Ok(mut last) = jwks.last_read.try_lock() else {
-                return false;
+                return;
             };
             if last.elapsed() < JWKS_REFRESH_INTERVAL {
-                return false;
+                return;
             }
             *last = Instant::now();
         }
-        match crate::config::read_text(&jwks.path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| jwks_keys(&t, &self.base, &self.allowed))
-        {
-            Ok(keys) => {
-                tracing::info!(path = %jwks.path.display(), keys = keys.len(), "JWKS re-read");
-                jwks.keys.store(keys.into());
-                jwks.generation.fetch_add(1, Ordering::Relaxed);
-                // A key may have been withdrawn: forget what it verified.
-                self.cache.clear();
-                true
+        let (jwks, cache) = (jwks.clone(), self.cache.clone());
+        let (base, allowed) = (self.base.clone(), self.allowed.clone());
+        let reread = move || reread_jwks(&jwks, &cache, &base, &allowed);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(reread);
             }
-            Err(e) => {
-                tracing::warn!(path = %jwks.path.display(), error = %e, "JWKS re-read failed; keeping the last good set");
-                false
-            }
+            // Outside a runtime (tools, tests) there is no request path to protect.
+            Err(_) => reread(),
         }
     }
 
@@ -330,9 +329,11 @@ impl TokenAuth {
             _ => return Err(GatewayError::InvalidToken),
         };
         let subject = match c.get("sub") {
-            Some(Value::String(s)) => {
-                Some(HeaderValue::from_str(s).map_err(|_| GatewayError::InvalidToken)?)
-            }
+            // Sent and signed percent-encoded when not visible ASCII (SPEC, signatures v2).
+            Some(Value::String(s)) => Some(
+                HeaderValue::from_str(&crate::signing::encode_subject(s))
+                    .map_err(|_| GatewayError::InvalidToken)?,
+            ),
             None => None,
             Some(_) => return Err(GatewayError::InvalidToken),
         };
@@ -361,7 +362,33 @@ impl TokenAuth {
 
     /// Entries in the verified-token cache.
     pub fn cache_len(&self) -> usize {
-        self.cache.map.len()
+        self.cache.len()
+    }
+}
+
+/// Reads the JWKS file again; on success installs the new set and forgets the tokens verified
+/// with keys that are gone. A file that fails to read or parse keeps the last good set.
+fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: &[Algorithm]) {
+    match crate::config::read_text(&jwks.path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| jwks_keys(&t, base, allowed))
+    {
+        Ok(keys) => {
+            tracing::info!(path = %jwks.path.display(), keys = keys.len(), "JWKS re-read");
+            let gone: std::collections::HashSet<String> = jwks
+                .keys
+                .load()
+                .keys()
+                .filter(|k| !keys.contains_key(*k))
+                .cloned()
+                .collect();
+            jwks.keys.store(keys.into());
+            jwks.generation.fetch_add(1, Ordering::Relaxed);
+            cache.forget_kids(&gone);
+        }
+        Err(e) => {
+            tracing::warn!(path = %jwks.path.display(), error = %e, "JWKS re-read failed; keeping the last good set");
+        }
     }
 }
 
@@ -380,52 +407,128 @@ fn digest(token: &str) -> [u8; 32] {
 
 // === impl TokenCache ===
 
-/// Verified tokens by the SHA-256 of the token text. An entry is never returned at or after
-/// its token's `exp`; at capacity, expired entries are swept and, if that frees nothing, the
-/// new token is simply not cached.
+/// A cached verification: the claims and the `kid` that verified them.
+#[derive(Clone)]
+struct Entry {
+    claims: Arc<TokenClaims>,
+    kid: Option<Arc<str>>,
+}
+
+/// Verified tokens by the SHA-256 of the token text, bounded with O(1) eviction: two
+/// generations of at most `capacity / 2` entries each. Inserts go to the current one; when it
+/// is full it becomes the previous one and the old previous one is dropped whole (no scan). A
+/// hit in the previous generation moves the entry to the current one, so tokens in use survive
+/// any number of rotations while a flood of one-off tokens only ever pushes out other one-off
+/// tokens. An entry is never returned at or after its token's `exp`.
 pub struct TokenCache {
-    map: DashMap<[u8; 32], Arc<TokenClaims>>,
-    capacity: usize,
+    gens: std::sync::RwLock<Generations>,
+    /// Entries in the current generation.
+    current_len: std::sync::atomic::AtomicUsize,
+    half: usize,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: DashMap<[u8; 32], Entry>,
+    previous: DashMap<[u8; 32], Entry>,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: DashMap::new(),
-            capacity,
+            gens: std::sync::RwLock::new(Generations::default()),
+            current_len: std::sync::atomic::AtomicUsize::new(0),
+            half: (capacity / 2).max(1),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Generations> {
+        self.gens.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<TokenClaims>> {
-        let hit = self.map.get(key)?;
-        if hit.exp > now {
-            return Some(hit.clone());
+        let g = self.read();
+        if let Some(hit) = g.current.get(key) {
+            if hit.claims.exp > now {
+                return Some(hit.claims.clone());
+            }
+            drop(hit);
+            g.current.remove(key);
+            return None;
         }
-        drop(hit);
-        self.map.remove(key);
-        None
+        let (key, entry) = g.previous.remove(key)?;
+        if entry.claims.exp <= now {
+            return None;
+        }
+        let claims = entry.claims.clone();
+        if g.current.insert(key, entry).is_none() {
+            self.current_len.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(claims)
     }
 
     pub fn insert(&self, key: [u8; 32], claims: Arc<TokenClaims>, now: u64) {
-        if self.map.len() >= self.capacity {
-            self.map.retain(|_, c| c.exp > now);
-            if self.map.len() >= self.capacity {
-                return;
-            }
+        self.insert_verified(key, claims, None, now);
+    }
+
+    fn insert_verified(
+        &self,
+        key: [u8; 32],
+        claims: Arc<TokenClaims>,
+        kid: Option<Arc<str>>,
+        now: u64,
+    ) {
+        if claims.exp <= now {
+            return;
         }
-        self.map.insert(key, claims);
+        if self.current_len.load(Ordering::Relaxed) >= self.half {
+            self.rotate();
+        }
+        let g = self.read();
+        if g.current.insert(key, Entry { claims, kid }).is_none() {
+            self.current_len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The current generation becomes the previous one; the old previous one is dropped.
+    fn rotate(&self) {
+        let dropped = {
+            let mut g = self.gens.write().unwrap_or_else(|p| p.into_inner());
+            if self.current_len.load(Ordering::Relaxed) < self.half {
+                return; // another thread rotated first
+            }
+            let current = std::mem::take(&mut g.current);
+            self.current_len.store(0, Ordering::Relaxed);
+            std::mem::replace(&mut g.previous, current)
+        };
+        drop(dropped);
+    }
+
+    /// Forgets every token verified with one of `kids` (keys withdrawn by the provider).
+    pub fn forget_kids(&self, kids: &std::collections::HashSet<String>) {
+        if kids.is_empty() {
+            return;
+        }
+        let g = self.read();
+        let keep = |e: &Entry| e.kid.as_deref().is_none_or(|k| !kids.contains(k));
+        g.current.retain(|_, e| keep(e));
+        g.previous.retain(|_, e| keep(e));
+        self.current_len.store(g.current.len(), Ordering::Relaxed);
     }
 
     pub fn clear(&self) {
-        self.map.clear();
+        let mut g = self.gens.write().unwrap_or_else(|p| p.into_inner());
+        *g = Generations::default();
+        self.current_len.store(0, Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        let g = self.read();
+        g.current.len() + g.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 
@@ -455,17 +558,34 @@ mod tests {
     }
 
     #[test]
-    fn cache_is_bounded_and_sweeps_expired_entries() {
-        let cache = TokenCache::new(2);
-        cache.insert([1; 32], claims(100), 0);
-        cache.insert([2; 32], claims(1_000), 0);
-        cache.insert([3; 32], claims(1_000), 0);
-        assert_eq!(cache.len(), 2, "full: the third is not cached");
-        // Later, the first has expired: inserting sweeps it.
-        cache.insert([3; 32], claims(1_000), 500);
-        assert_eq!(cache.len(), 2);
-        assert!(cache.get(&[3; 32], 500).is_some());
-        assert!(cache.get(&[1; 32], 50).is_none());
+    fn cache_is_bounded_and_keeps_tokens_in_use() {
+        let cache = TokenCache::new(4);
+        cache.insert([0; 32], claims(1_000), 0);
+        // A flood of one-off tokens: the cache never holds more than its capacity...
+        for i in 1..=100u8 {
+            cache.insert([i; 32], claims(1_000), 0);
+            assert!(cache.len() <= 4, "{}", cache.len());
+            // ...and a token in use keeps its hit through every rotation.
+            assert!(cache.get(&[0; 32], 10).is_some(), "lost at {i}");
+        }
+        assert!(
+            cache.get(&[50; 32], 10).is_none(),
+            "old one-off tokens are gone"
+        );
+        assert!(cache.get(&[100; 32], 10).is_some(), "the newest is cached");
+        // Expired tokens are never cached.
+        cache.insert([200; 32], claims(5), 10);
+        assert!(cache.get(&[200; 32], 1).is_none());
+    }
+
+    #[test]
+    fn withdrawn_keys_take_their_tokens_with_them() {
+        let cache = TokenCache::new(8);
+        cache.insert_verified([1; 32], claims(1_000), Some("old".into()), 0);
+        cache.insert_verified([2; 32], claims(1_000), Some("new".into()), 0);
+        cache.forget_kids(&["old".to_owned()].into_iter().collect());
+        assert!(cache.get(&[1; 32], 1).is_none());
+        assert!(cache.get(&[2; 32], 1).is_some());
     }
 
     #[test]

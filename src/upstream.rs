@@ -111,6 +111,9 @@ pub struct UpstreamPool {
     pub health: Health,
     /// Retry idempotent, bodiless requests once on another endpoint after a connect failure.
     pub retry_connect_failure: bool,
+    /// Signs this pool's requests (key, version, audience = the pool's name); `None` in pools
+    /// built outside `compile`, which then use the snapshot's default signer.
+    pub signer: Option<crate::signing::Signer>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     next: AtomicUsize,
@@ -135,6 +138,7 @@ impl UpstreamPool {
             tls: None,
             health: Health::default(),
             retry_connect_failure: true,
+            signer: None,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             next: AtomicUsize::new(0),

@@ -14,7 +14,7 @@ use super::ConfigErrors;
 use super::raw::*;
 use crate::headers::TenantHeaderNames;
 use crate::limits::{Concurrency, TenantLimiter};
-use crate::signing::SigningKey;
+use crate::signing::{Algorithm, SigVersion, Signer, SigningKey};
 use crate::snapshot::*;
 use crate::tls::{CertStore, LoadedCert, load_cert};
 use crate::token::{self, TokenAuth};
@@ -60,7 +60,12 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
     let sources = c.sources(raw);
     let signing = c.signing(&raw.signing);
     let plans = c.plans(&raw.plans);
-    let upstreams = c.upstreams(&raw.upstreams);
+    let version = if raw.signing.version == 2 {
+        SigVersion::V2
+    } else {
+        SigVersion::V1
+    };
+    let upstreams = c.upstreams(&raw.upstreams, signing.as_ref(), version);
     let routes: Arc<[Route]> = c.routes("routes", &raw.routes, &upstreams, raw).into();
     let base_domains = c.base_domains(&raw.tenancy.base_domains);
 
@@ -224,6 +229,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
     let signing = signing.map(|(active, keys)| Signing {
         active,
         keys,
+        version,
         names: TenantHeaderNames::new(&raw.signing.header_prefix)
             .unwrap_or_else(|| TenantHeaderNames::new("x-tenant").expect("static prefix")),
     });
@@ -245,6 +251,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             sources,
             tenants,
             hosts,
+            global_requirements: routes.iter().any(|r| r.require_token || r.require_apikey),
             routes,
             upstreams,
             certs,
@@ -384,6 +391,8 @@ impl Compiler {
             ("max_headers", l.max_headers),
             ("body_timeout_ms", l.body_timeout_ms),
             ("h2_max_concurrent_streams", l.h2_max_concurrent_streams),
+            ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+            ("h2_max_send_buffer_bytes", l.h2_max_send_buffer_bytes),
         ];
         for (name, v) in fields {
             if v == 0 {
@@ -408,6 +417,17 @@ impl Compiler {
             h2_max_pending_reset_streams: l.h2_max_pending_reset_streams as usize,
             shutdown_grace: Duration::from_millis(l.shutdown_grace_ms),
             close_upgraded_on_suspend: l.close_upgraded_on_suspend,
+            path: crate::normalize::PathPolicy {
+                merge_slashes: l.merge_slashes,
+                escaped_slashes: match l.escaped_slashes {
+                    super::raw::RawEscapedSlashes::Reject => {
+                        crate::normalize::EscapedSlashes::Reject
+                    }
+                    super::raw::RawEscapedSlashes::Keep => crate::normalize::EscapedSlashes::Keep,
+                },
+            },
+            stream_idle_timeout: Duration::from_millis(l.stream_idle_timeout_ms),
+            h2_max_send_buffer: usize::try_from(l.h2_max_send_buffer_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -482,6 +502,12 @@ impl Compiler {
     fn signing(&mut self, raw: &RawSigning) -> Option<(Arc<SigningKey>, Vec<Arc<SigningKey>>)> {
         let mut keys = Vec::new();
         let mut ids = HashSet::new();
+        if !matches!(raw.version, 1 | 2) {
+            self.err(
+                "signing.version",
+                format!("unsupported version {} (1 or 2)", raw.version),
+            );
+        }
         for (i, k) in raw.keys.iter().enumerate() {
             let path = format!("signing.keys[{i}]");
             if k.id.is_empty()
@@ -495,13 +521,62 @@ impl Compiler {
             if !ids.insert(k.id.as_str()) {
                 self.err(format!("{path}.id"), format!("duplicate key id {:?}", k.id));
             }
-            if let Some(secret) =
-                self.secret(&path, k.secret_env.as_deref(), k.secret_file.as_deref())
-            {
-                if secret.len() < 16 {
-                    self.err(&path, "signing secret must be at least 16 bytes");
+            let algorithm = match k.algorithm.as_deref().map(Algorithm::parse) {
+                None => Algorithm::HmacSha256,
+                Some(Some(a)) => a,
+                Some(None) => {
+                    self.err(
+                        format!("{path}.algorithm"),
+                        "must be hmac-sha256 or ed25519",
+                    );
+                    continue;
                 }
-                keys.push(Arc::new(SigningKey::new(&k.id, &secret)));
+            };
+            match algorithm {
+                Algorithm::HmacSha256 => {
+                    if k.private_key_file.is_some() {
+                        self.err(
+                            format!("{path}.private_key_file"),
+                            "only ed25519 keys have a private_key_file; HMAC keys use secret_env or secret_file",
+                        );
+                        continue;
+                    }
+                    if let Some(secret) =
+                        self.secret(&path, k.secret_env.as_deref(), k.secret_file.as_deref())
+                    {
+                        if secret.len() < 16 {
+                            self.err(&path, "signing secret must be at least 16 bytes");
+                        }
+                        keys.push(Arc::new(SigningKey::new(&k.id, &secret)));
+                    }
+                }
+                Algorithm::Ed25519 => {
+                    if raw.version != 2 {
+                        self.err(
+                            format!("{path}.algorithm"),
+                            "ed25519 keys sign version 2 headers: set signing.version: 2",
+                        );
+                    }
+                    let (None, None, Some(file)) =
+                        (&k.secret_env, &k.secret_file, &k.private_key_file)
+                    else {
+                        self.err(
+                            &path,
+                            "an ed25519 key is { id, algorithm: ed25519, private_key_file } (PKCS#8 PEM)",
+                        );
+                        continue;
+                    };
+                    let key = super::read_file(file)
+                        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                        .and_then(|pem| SigningKey::ed25519_pem(&k.id, &pem));
+                    match key {
+                        Ok(key) => {
+                            self.files.push(file.clone());
+                            keys.push(Arc::new(key));
+                        }
+                        Err(e) => self.err(format!("{path}.private_key_file"), e),
+                    }
+                }
             }
         }
         if raw.keys.is_empty() {
@@ -588,6 +663,8 @@ impl Compiler {
     fn upstreams(
         &mut self,
         raw: &std::collections::BTreeMap<String, RawUpstream>,
+        signing: Option<&(Arc<SigningKey>, Vec<Arc<SigningKey>>)>,
+        version: SigVersion,
     ) -> HashMap<Box<str>, Arc<UpstreamPool>> {
         let mut out = HashMap::new();
         for (name, u) in raw {
@@ -638,6 +715,26 @@ impl Compiler {
                 ejection: Duration::from_millis(u.health.ejection_ms),
             };
             pool.retry_connect_failure = u.retry_connect_failure;
+            pool.signer = signing.and_then(|(active, keys)| {
+                let key = match &u.signing_key {
+                    None => active.clone(),
+                    Some(id) => match keys.iter().find(|k| k.id() == id) {
+                        Some(k) => k.clone(),
+                        None => {
+                            self.err(
+                                format!("{path}.signing_key"),
+                                format!("unknown signing key {id:?}"),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                Some(Signer {
+                    key,
+                    version,
+                    audience: name.as_str().into(),
+                })
+            });
             if https > 0 {
                 pool.tls = self.upstream_tls(&path, u.tls.as_ref()).map(Arc::new);
             }

@@ -89,6 +89,23 @@ pub struct RawLimits {
     pub shutdown_grace_ms: u64,
     /// Close a tenant's upgraded connections (WebSockets) when a reload suspends or removes it.
     pub close_upgraded_on_suspend: bool,
+    /// Merge repeated slashes in the path (`//a` → `/a`) before routes are matched.
+    pub merge_slashes: bool,
+    /// `%2F` / `%5C` in a path: `reject` (400 `invalid_path`) or `keep` (forwarded as sent).
+    pub escaped_slashes: RawEscapedSlashes,
+    /// A response body that moves no byte for this long, because the upstream sends nothing or
+    /// the client reads nothing, is cut and its tenant slot and upstream connection freed.
+    pub stream_idle_timeout_ms: u64,
+    /// HTTP/2: most response bytes buffered per stream for a client that reads slowly.
+    pub h2_max_send_buffer_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEscapedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 impl Default for RawLimits {
@@ -107,6 +124,10 @@ impl Default for RawLimits {
             h2_max_pending_reset_streams: 20,
             shutdown_grace_ms: 30_000,
             close_upgraded_on_suspend: true,
+            merge_slashes: true,
+            escaped_slashes: RawEscapedSlashes::Reject,
+            stream_idle_timeout_ms: 300_000,
+            h2_max_send_buffer_bytes: 131_072,
         }
     }
 }
@@ -211,7 +232,31 @@ pub struct RawSigning {
     #[serde(default = "default_header_prefix")]
     pub header_prefix: String,
     pub active_key: String,
-    pub keys: Vec<RawSecret>,
+    pub keys: Vec<RawSigningKey>,
+    /// Header format: 1 (default, HMAC) or 2 (audience, source, Ed25519).
+    #[serde(default = "one")]
+    pub version: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A signing key: an HMAC secret (`secret_env` / `secret_file`) or an Ed25519 private key
+/// (`algorithm: ed25519`, `private_key_file`, PKCS#8 PEM).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    pub id: String,
+    /// `hmac-sha256` (default) or `ed25519`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
 }
 
 fn default_header_prefix() -> String {
@@ -286,6 +331,9 @@ pub struct RawUpstream {
     /// connection to the first one could not be made. Default true.
     #[serde(default = "yes")]
     pub retry_connect_failure: bool,
+    /// The `signing.keys[].id` that signs this pool's requests; default `signing.active_key`.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 fn yes() -> bool {
