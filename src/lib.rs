@@ -12,6 +12,7 @@
 //!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
 //!   [`limits`] (admit) → [`forward`] (strip, sign, send).
 //! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
+//! - [`stats`]: the `/stats` JSON the admin `/dashboard` page refreshes from.
 //! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
 //! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
@@ -39,6 +40,7 @@ pub mod route;
 pub mod server;
 pub mod signing;
 pub mod snapshot;
+pub mod stats;
 pub mod tenant;
 pub mod tls;
 pub mod token;

@@ -120,6 +120,8 @@ pub struct TenantStats {
     pub body_too_large: AtomicU64,
     /// Responses by status class and latency (metrics).
     pub responses: crate::metrics::ResponseStats,
+    /// 429 and 503 refusals by error code (`/stats`).
+    pub refused: crate::stats::Refusals,
 }
 
 impl TenantStats {

@@ -168,6 +168,9 @@ pub async fn handle(
                 }
                 _ => {}
             }
+            if let Some(id) = out.tenant {
+                snap.tenant(id).stats.refused.count(&err);
+            }
             let close = http1 && err.closes_connection();
             let mut resp = if grpc {
                 err.into_grpc_response()

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,
+    /// `admin.metrics_bind` and `admin.token_file`, compiled.
+    pub admin_access: crate::admin::AdminAccess,
     pub limits: ConnLimits,
     pub sources: Sources,
     pub tenants: Vec<Tenant>,

@@ -54,6 +54,8 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
         .admin
         .as_ref()
         .and_then(|a| c.socket_addr("admin.bind", &a.bind));
+    let admin_access = crate::admin::AdminAccess::compile(raw.admin.as_ref(), &mut c.errors);
+    c.files.extend(admin_access.token_file.iter().cloned());
     let limits = c.limits(&raw.limits);
     let sources = c.sources(raw);
     let signing = c.signing(&raw.signing);
@@ -244,6 +246,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             loaded_at: SystemTime::now(),
             listeners,
             admin,
+            admin_access,
             limits,
             sources,
             tenants,

@@ -55,6 +55,13 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: String,
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz` (for scrapers).
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
+    /// A file holding the bearer token that `POST` endpoints, `/stats`, `/dashboard` and
+    /// `/config` require; absent = no token (loopback-only admin).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Connection-level defences; the defaults are SPEC's.
