@@ -17,6 +17,8 @@
 //! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
 //! - [`upstream`]: upstream pools, balancing, the pooled client.
+//! - [`fairshare`]: a pool's `capacity`: slots, per-tenant queues, weighted fair dispatch.
+//! - [`normalize`]: the request path as routes match it, as it is signed and forwarded.
 //! - [`error`]: `GatewayError` and SPEC's status codes.
 //! - [`devcerts`], [`demo`]: throwaway certificates and the newcomer's demo.
 
@@ -27,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod devcerts;
 pub mod error;
+pub mod fairshare;
 pub mod forward;
 pub mod gateway;
 pub mod headers;

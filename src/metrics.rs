@@ -332,6 +332,56 @@ fn encode_saturation(
             ConstGauge::new(get(p) as i64).encode(m.encode_family(&[("upstream", &*p.name)])?)?;
         }
     }
+    // Fair share (pools with a `capacity`).
+    let queues: Vec<_> = pools
+        .iter()
+        .filter_map(|p| p.capacity().map(|q| (&*p.name, q)))
+        .collect();
+    type QueueField = fn(&crate::fairshare::FairQueue) -> i64;
+    let queue_gauges: [(&str, &str, QueueField); 3] = [
+        (
+            "upstream_in_flight",
+            "Requests holding one of the pool's capacity slots",
+            |q| q.in_flight() as i64,
+        ),
+        (
+            "upstream_queued",
+            "Requests waiting for a slot of the saturated pool",
+            |q| q.queued() as i64,
+        ),
+        (
+            "upstream_capacity_limit",
+            "The pool's current max_in_flight (fixed, or the adaptive estimate)",
+            |q| q.limit() as i64,
+        ),
+    ];
+    for (metric, help, get) in queue_gauges {
+        let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for (name, q) in &queues {
+            ConstGauge::new(get(q)).encode(m.encode_family(&[("upstream", *name)])?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_shed",
+        "Requests refused with 503 upstream_saturated (waited queue_ms, or the queue was full)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, q) in &queues {
+        ConstCounter::new(q.shed.load(std::sync::atomic::Ordering::Relaxed))
+            .encode(m.encode_family(&[("upstream", *name)])?)?;
+    }
+    let mut m = encoder.encode_descriptor(
+        "tenant_queue_wait_seconds",
+        "Time requests waited for a slot of a saturated pool (only those that waited)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for t in &snap.tenants {
+        if let Some(h) = t.stats.queue_wait.get() {
+            h.encode(m.encode_family(&[("tenant", &*t.name)])?)?;
+        }
+    }
     let counters: [(&str, &str, PoolField); 2] = [
         (
             "upstream_ejections",

@@ -103,6 +103,16 @@ impl Snapshot {
             }
             t.stats = o.stats.clone();
         }
+        // A pool that stays keeps its fair-share queue: waiters, order and in-flight count.
+        for (name, pool) in &self.upstreams {
+            if let (Some(settings), Some(old)) = (
+                pool.capacity_settings(),
+                old.upstreams.get(name).and_then(|p| p.capacity()),
+            ) {
+                old.reconfigure(settings);
+                pool.adopt_capacity(old);
+            }
+        }
         // The same jwks_url keeps its fetched set and its fetcher.
         if let (Some(new), Some(prev)) = (
             self.token.as_mut().and_then(|t| t.remote.as_mut()),
@@ -188,6 +198,8 @@ pub struct TenantLimits {
     pub max_body_bytes: Option<u64>,
     /// How long a request may wait for a concurrency slot; `None`: refuse at once.
     pub queue: Option<Duration>,
+    /// Share of a saturated pool (`weight`, default 1).
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,6 +114,9 @@ pub struct UpstreamPool {
     /// Signs this pool's requests (key, version, audience = the pool's name); `None` in pools
     /// built outside `compile`, which then use the snapshot's default signer.
     pub signer: Option<crate::signing::Signer>,
+    /// `capacity:`: the pool's fair-share queue (runtime state: kept across reloads that keep
+    /// the pool, see `Snapshot::adopt_state`).
+    capacity: arc_swap::ArcSwapOption<crate::fairshare::FairQueue>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     next: AtomicUsize,
@@ -139,11 +142,33 @@ impl UpstreamPool {
             health: Health::default(),
             retry_connect_failure: true,
             signer: None,
+            capacity: arc_swap::ArcSwapOption::empty(),
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             next: AtomicUsize::new(0),
             retries: AtomicU64::new(0),
         }
+    }
+
+    /// Gives the pool a fair-share queue with `settings` (compile time).
+    pub fn set_capacity(&mut self, settings: crate::fairshare::CapacitySettings) {
+        self.capacity =
+            arc_swap::ArcSwapOption::from_pointee(crate::fairshare::FairQueue::new(settings));
+    }
+
+    /// The pool's fair-share queue, when it has a `capacity`.
+    pub fn capacity(&self) -> Option<Arc<crate::fairshare::FairQueue>> {
+        self.capacity.load_full()
+    }
+
+    /// The settings this pool was compiled with, when it has a `capacity`.
+    pub fn capacity_settings(&self) -> Option<crate::fairshare::CapacitySettings> {
+        self.capacity.load().as_ref().map(|q| q.settings())
+    }
+
+    /// Takes over the queue of the pool this one replaces (reload).
+    pub fn adopt_capacity(&self, queue: Arc<crate::fairshare::FairQueue>) {
+        self.capacity.store(Some(queue));
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
