@@ -397,7 +397,7 @@ impl Gradient {
         self.window_n = 0;
         self.windows += 1;
         let floor = match self.min_us {
-            Some(m) if self.windows % 100 != 0 => m.min(avg),
+            Some(m) if !self.windows.is_multiple_of(100) => m.min(avg),
             // Forget the floor now and then, so a slower-but-healthy backend is relearned.
             _ => avg,
         };
