@@ -21,13 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// What the counting upstream saw of one request: tenant, path, and how many other requests
-/// were in progress at the upstream when it arrived.
+/// What the counting upstream saw of one request.
 #[derive(Debug, Clone)]
 struct Arrival {
     tenant: String,
     path: String,
-    others: usize,
 }
 
 /// An upstream that serves each request in `delay` and records arrivals and concurrency.
@@ -63,7 +61,6 @@ impl Counting {
                                     .unwrap_or("")
                                     .to_owned(),
                                 path: req.uri().path().to_owned(),
-                                others,
                             });
                             tokio::time::sleep(delay).await;
                             current.fetch_sub(1, Ordering::SeqCst);
