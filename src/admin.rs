@@ -265,18 +265,22 @@ async fn route(
                 Some(s) if s.is_degraded() => "degraded",
                 Some(_) => "ok",
             };
-            let status = if draining {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
+            // Not ready until the identity provider's keys are in (or the grace is over).
+            let jwks = gw.snapshot().jwks_ready();
+            let ready = !draining && jwks;
+            let status = if ready {
                 StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
             };
             json(
                 status,
                 serde_json::json!({
-                    "ready": !draining,
+                    "ready": ready,
                     "config_loaded": true,
                     "listeners_bound": true,
                     "draining": draining,
+                    "jwks_loaded": jwks,
                     "rate_limit_store": store,
                 }),
             )

@@ -3,7 +3,11 @@
 //! when a token names an unknown `kid` (at most once per [`crate::token::JWKS_REFRESH_INTERVAL`]),
 //! and the last good set keeps serving while the provider is down or answers garbage.
 //!
-//! The set outlives reloads: a new snapshot with the same URL adopts the running fetcher.
+//! The set is runtime state of its token section (`runtime::AuthState`): a reload that keeps
+//! the section (URL, issuer, audience, leeway, algorithms, keys) keeps the running fetcher; one
+//! that changes any of them gets a new one, with the new validation. A fetch that drops a key
+//! drops the cached tokens verified with it. `/readyz` waits for the first fetch (or the
+//! start-up grace).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,12 @@ pub struct RemoteJwks {
     wake: Notify,
     last_fetch: Mutex<Option<Instant>>,
     started: std::sync::atomic::AtomicBool,
+    /// Verified tokens of this token section, pruned when a key disappears.
+    cache: Arc<crate::token::TokenCache>,
+    fetched: std::sync::atomic::AtomicBool,
+    created: Instant,
+    startup_wait: Duration,
+    grace_logged: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -48,6 +58,8 @@ impl RemoteJwks {
         base: Validation,
         allowed: Vec<Algorithm>,
         tls: Arc<UpstreamTls>,
+        cache: Arc<crate::token::TokenCache>,
+        startup_wait: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             url,
@@ -58,7 +70,27 @@ impl RemoteJwks {
             wake: Notify::new(),
             last_fetch: Mutex::new(None),
             started: std::sync::atomic::AtomicBool::new(false),
+            cache,
+            fetched: std::sync::atomic::AtomicBool::new(false),
+            created: Instant::now(),
+            startup_wait,
+            grace_logged: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// True once a fetch succeeded, or the start-up grace is over (logged loudly, once).
+    pub fn is_ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.fetched.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.created.elapsed() < self.startup_wait {
+            return false;
+        }
+        if !self.grace_logged.swap(true, Ordering::AcqRel) {
+            tracing::error!(url = %self.url, wait_ms = self.startup_wait.as_millis() as u64, "JWKS not fetched within token.jwks_startup_wait_ms; ready anyway, tokens signed by the identity provider are refused until it answers");
+        }
+        true
     }
 
     /// Asks the fetcher for a fresh set (an unknown `kid` was seen); rate-limited.
@@ -112,7 +144,18 @@ impl RemoteJwks {
         let text = std::str::from_utf8(&body).map_err(|_| "not UTF-8".to_owned())?;
         let keys = jwks_keys(text, &self.base, &self.allowed)?;
         let n = keys.len();
+        let gone: std::collections::HashSet<String> = self
+            .keys
+            .load()
+            .keys()
+            .filter(|k| !keys.contains_key(*k))
+            .cloned()
+            .collect();
         self.keys.store(Arc::new(keys));
+        // A key withdrawn by the provider takes the tokens it verified with it.
+        self.cache.forget_kids(&gone);
+        self.fetched
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(n)
     }
 }

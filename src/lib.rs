@@ -5,6 +5,8 @@
 //! - [`config`]: the YAML file (`config::raw`) and its compilation into a [`snapshot::Snapshot`],
 //!   collecting every error with its YAML path.
 //! - [`snapshot`]: the compiled, immutable config a request runs against.
+//! - [`runtime`]: state that outlives snapshots (limiters, slots, counters, endpoint health,
+//!   queues, clients, token caches), in registries keyed by identity.
 //! - [`gateway`]: shared state (one `ArcSwap<Snapshot>`, the upstream client), reload, start.
 //! - [`server`]: listeners, connection cap, TLS handshake, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`tls`]: certificate loading and SNI-based certificate selection.
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod proxy;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod signing;
 pub mod snapshot;

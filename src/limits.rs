@@ -1,13 +1,14 @@
 //! Phase "admit": a tenant's rate limit (GCRA, `governor`), its concurrency cap, and the
 //! per-tenant counters the metrics read.
 //!
-//! Limiters, semaphores and counters are created at compile time and carried over to the next
-//! snapshot by `Snapshot::adopt_state` when the tenant's quota is unchanged, so a reload never
-//! hands out a fresh burst or a fresh set of concurrency slots.
+//! Limiters, concurrency caps and counters are runtime state (`runtime::Runtime`): a reload
+//! that keeps a tenant's rate keeps its limiter (no fresh burst), a tenant keeps its
+//! concurrency slots whatever its cap (a changed cap resizes them, never doubles them), and
+//! counters are kept always.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
@@ -19,7 +20,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::{Decision, OnError, RedisStore};
 use crate::error::GatewayError;
-use crate::snapshot::{Rate, Tenant};
+use crate::snapshot::Tenant;
+
+/// A tenant's rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInformationMiddleware>;
 
@@ -89,24 +97,107 @@ fn ratelimit_value(remaining: u32, reset_secs: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"tenant\";r=0;t=1"))
 }
 
-/// A tenant's concurrency cap.
+/// A tenant's concurrency cap. It outlives reloads (keyed by tenant in the runtime); a reload
+/// that changes the cap resizes it: raised, the new slots are free at once; lowered while
+/// requests hold slots, the surplus is taken back as they finish, so the cap is never exceeded.
 #[derive(Debug)]
 pub struct Concurrency {
-    pub max: u32,
+    max: AtomicU32,
     slots: Arc<Semaphore>,
+    /// Slots to take back as they are returned (a lowered cap while they were held).
+    debt: AtomicU32,
+    held: AtomicU32,
 }
 
 impl Concurrency {
     pub fn new(max: u32) -> Self {
         Self {
-            max,
+            max: AtomicU32::new(max),
             slots: Arc::new(Semaphore::new(max as usize)),
+            debt: AtomicU32::new(0),
+            held: AtomicU32::new(0),
         }
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
     }
 
     /// Requests holding a slot now.
     pub fn in_use(&self) -> usize {
-        (self.max as usize).saturating_sub(self.slots.available_permits())
+        self.held.load(Ordering::Relaxed) as usize
+    }
+
+    /// Changes the cap (a reload). Serialised by the reload path.
+    pub fn resize(&self, max: u32) {
+        let old = self.max.swap(max, Ordering::AcqRel);
+        if max > old {
+            let mut add = max - old;
+            // Slots owed from an earlier lowering are simply not taken back any more.
+            while add > 0 {
+                let debt = self.debt.load(Ordering::Acquire);
+                if debt == 0 {
+                    break;
+                }
+                let pay = debt.min(add);
+                if self
+                    .debt
+                    .compare_exchange(debt, debt - pay, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    add -= pay;
+                }
+            }
+            self.slots.add_permits(add as usize);
+        } else if max < old {
+            let remove = old - max;
+            let forgotten = self.slots.forget_permits(remove as usize) as u32;
+            self.debt.fetch_add(remove - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    fn permit(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConcurrencyPermit {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        ConcurrencyPermit {
+            permit: Some(permit),
+            cap: self.clone(),
+        }
+    }
+
+    /// A slot now, or `None` at the cap.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConcurrencyPermit> {
+        let p = self.slots.clone().try_acquire_owned().ok()?;
+        Some(self.permit(p))
+    }
+
+    /// A slot within `wait`, or `None`.
+    pub async fn acquire_within(self: &Arc<Self>, wait: Duration) -> Option<ConcurrencyPermit> {
+        let p = tokio::time::timeout(wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(self.permit(p))
+    }
+}
+
+/// One held concurrency slot; returned (or taken back after a lowered cap) when dropped.
+#[derive(Debug)]
+pub struct ConcurrencyPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    cap: Arc<Concurrency>,
+}
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        self.cap.held.fetch_sub(1, Ordering::Relaxed);
+        let owed = self
+            .cap
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if owed && let Some(p) = self.permit.take() {
+            p.forget();
+        }
     }
 }
 
@@ -145,7 +236,7 @@ impl TenantStats {
 #[derive(Debug, Default)]
 pub struct Admission {
     /// Held until the response body ends.
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<ConcurrencyPermit>,
 }
 
 fn check_local(
@@ -223,14 +314,10 @@ pub async fn admit(
     let permit = match &tenant.concurrency {
         None => None,
         Some(c) => {
-            let slots = c.slots.clone();
             let got = match tenant.limits.queue {
-                None => slots.try_acquire_owned().ok(),
+                None => c.try_acquire(),
                 // A short queue, never past its own deadline.
-                Some(wait) => tokio::time::timeout(wait, slots.acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
+                Some(wait) => c.acquire_within(wait).await,
             };
             match got {
                 Some(p) => Some(p),

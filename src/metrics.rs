@@ -301,7 +301,7 @@ fn encode_saturation(
         (
             "tenant_concurrency_limit",
             "The tenant's max_concurrent (tenants that have one)",
-            |c| i64::from(c.max),
+            |c| i64::from(c.max()),
         ),
     ];
     for (metric, help, get) in caps {

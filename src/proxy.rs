@@ -283,12 +283,7 @@ async fn run_phases(
         request_id,
         signer: route.upstream.signer.as_ref(),
     };
-    let h2c = route.upstream.endpoints().first().is_some_and(|e| e.h2c);
-    let client = gw.client_for(
-        tenant.limits.connect_timeout,
-        h2c,
-        route.upstream.tls.as_deref(),
-    );
+    let client = tenant.clients.for_pool(&route.upstream);
     // fair share of the pool (only pools with a `capacity`)
     let pool_slot = match route.upstream.capacity() {
         None => None,
@@ -311,7 +306,7 @@ async fn run_phases(
         pool_slot,
         active,
     };
-    forward(gw, &client, snap, conn, &fwd, route, req, hold).await
+    forward(gw, client, snap, conn, &fwd, route, req, hold).await
 }
 
 /// Normalises the request target in place (SPEC "Request normalisation"): origin-form only

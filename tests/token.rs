@@ -549,7 +549,10 @@ async fn jwks_url_is_fetched_refreshed_on_an_unknown_kid_and_kept_when_the_idp_i
     let provider = idp(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string()).await;
     let yaml = token_config(&env, &keys, &up.url(), 5).replace(
         &format!("  jwks_file: {}/jwks.json\n", env.dir.path().display()),
-        &format!("  jwks_url: {}\n", provider.url),
+        &format!(
+            "  jwks_url: {}\n  allow_insecure_jwks_url: true\n",
+            provider.url
+        ),
     );
     let (_gw, running) = env.start(&yaml).await;
     let http = running.addr("http").expect("http");

@@ -198,6 +198,16 @@ pub struct RawToken {
     /// Claims sent upstream as `<prefix>-claim-<name>` headers (not covered by the signature).
     #[serde(default)]
     pub forward_claims: Vec<String>,
+    /// `/readyz` stays 503 until `jwks_url` has been fetched once, or this long after start.
+    #[serde(default = "default_jwks_startup_wait_ms")]
+    pub jwks_startup_wait_ms: u64,
+    /// Allow an `http://` `jwks_url` (keys fetched in clear; for tests and loopback only).
+    #[serde(default)]
+    pub allow_insecure_jwks_url: bool,
+}
+
+fn default_jwks_startup_wait_ms() -> u64 {
+    10_000
 }
 
 fn default_tenant_claim() -> String {
@@ -394,6 +404,11 @@ fn yes() -> bool {
 pub struct RawHealth {
     pub consecutive_failures: u32,
     pub ejection_ms: u64,
+    /// Whether a 5xx answer counts as a failure of the endpoint (default false: it is the
+    /// application's answer, not the endpoint's failure).
+    pub count_5xx: bool,
+    /// At most this share of the pool is ejected at once (at least one endpoint may be).
+    pub max_ejection_percent: u32,
 }
 
 impl Default for RawHealth {
@@ -401,6 +416,8 @@ impl Default for RawHealth {
         Self {
             consecutive_failures: 5,
             ejection_ms: 30_000,
+            count_5xx: false,
+            max_ejection_percent: 50,
         }
     }
 }
