@@ -16,5 +16,5 @@ if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"
 bash middleware/test.sh
