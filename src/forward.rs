@@ -115,9 +115,12 @@ pub fn rewrite_request_head(
 }
 
 /// What a forwarded request holds until its response body has been sent: the tenant's
-/// concurrency slot (if it has a cap) and the connection's active-request count.
+/// concurrency slot (if it has a cap), the pool's slot (if it has a capacity) and the
+/// connection's active-request count.
 pub struct Hold {
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The pool's fair-share slot, when the pool has a `capacity`.
+    pub pool_slot: Option<crate::fairshare::Slot>,
     pub active: ActiveRequest,
 }
 
@@ -164,9 +167,7 @@ pub async fn forward(
     let body = body::stream(RequestBody {
         inner: body,
         remaining: limits.max_body_bytes.unwrap_or(u64::MAX),
-        timeout: snap.limits.body_timeout,
-        timer: None,
-        progressed: false,
+        stall: StallTimer::new(snap.limits.body_timeout),
         cut: cut.clone(),
     });
     rewrite_request_head(snap, conn, fwd, &mut parts)?;
@@ -507,11 +508,47 @@ const CUT_STALLED: u8 = 2;
 pub struct RequestBody<B> {
     inner: B,
     remaining: u64,
+    stall: StallTimer,
+    cut: Arc<AtomicU8>,
+}
+
+/// A deadline that moves with progress: allocated the first time a body has to wait, re-armed
+/// when a frame has passed since, and ready once nothing moved for `timeout`.
+struct StallTimer {
     timeout: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A frame arrived since the timer was last set.
+    /// A frame passed since the timer was last set.
     progressed: bool,
-    cut: Arc<AtomicU8>,
+}
+
+impl StallTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called while the body has nothing to give: `Ready` once it has waited `timeout`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let next = tokio::time::Instant::now() + self.timeout;
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if self.progressed {
+                    t.as_mut().reset(next);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(next))),
+        };
+        self.progressed = false;
+        timer.as_mut().poll(cx)
+    }
 }
 
 impl<B> Body for RequestBody<B>
@@ -529,7 +566,7 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.progressed = true;
+                this.stall.progress();
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
@@ -543,26 +580,13 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
-            Poll::Pending => {
-                let next = tokio::time::Instant::now() + this.timeout;
-                let timer = match &mut this.timer {
-                    Some(t) => {
-                        if this.progressed {
-                            t.as_mut().reset(next);
-                        }
-                        t
-                    }
-                    None => this.timer.insert(Box::pin(tokio::time::sleep_until(next))),
-                };
-                this.progressed = false;
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.cut.store(CUT_STALLED, Ordering::Relaxed);
-                        Poll::Ready(Some(Err("request body stalled".into())))
-                    }
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.stall.poll_stalled(cx) {
+                Poll::Ready(()) => {
+                    this.cut.store(CUT_STALLED, Ordering::Relaxed);
+                    Poll::Ready(Some(Err("request body stalled".into())))
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -587,9 +611,8 @@ where
 pub struct Guarded<B, G> {
     state: GuardState<B, G>,
     timeout: Duration,
-    /// The upstream-stall timer, made the first time the upstream has nothing to send.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    progressed: bool,
+    /// The upstream-stall timer.
+    stall: StallTimer,
 }
 
 enum GuardState<B, G> {
@@ -615,8 +638,7 @@ impl<B, G> Guarded<B, G> {
         Self {
             state: GuardState::Direct(inner, guard),
             timeout,
-            stall: None,
-            progressed: false,
+            stall: StallTimer::new(timeout),
         }
     }
 }
@@ -720,7 +742,7 @@ where
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                this.progressed = true;
+                this.stall.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => {
@@ -729,38 +751,25 @@ where
                 }
                 Poll::Ready(other.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => {
-                // The upstream has nothing to send: arm (or re-arm after progress) the stall timer.
-                let next = tokio::time::Instant::now() + this.timeout;
-                let timer = match &mut this.stall {
-                    Some(t) => {
-                        if this.progressed {
-                            t.as_mut().reset(next);
-                        }
-                        t
+            // The upstream has nothing to send.
+            Poll::Pending => match this.stall.poll_stalled(cx) {
+                Poll::Ready(()) => {
+                    tracing::info!(
+                        timeout_ms = this.timeout.as_millis() as u64,
+                        "upstream sent nothing for the stream idle timeout; response cut"
+                    );
+                    let old = std::mem::replace(&mut this.state, GuardState::Cut);
+                    if let GuardState::Watched(w) = &old {
+                        w.done.notify_one();
                     }
-                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(next))),
-                };
-                this.progressed = false;
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::info!(
-                            timeout_ms = this.timeout.as_millis() as u64,
-                            "upstream sent nothing for the stream idle timeout; response cut"
-                        );
-                        let old = std::mem::replace(&mut this.state, GuardState::Cut);
-                        if let GuardState::Watched(w) = &old {
-                            w.done.notify_one();
-                        }
-                        drop(old);
-                        Poll::Ready(Some(Err(
-                            "response cut: the upstream sent nothing for the stream idle timeout"
-                                .into(),
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
+                    drop(old);
+                    Poll::Ready(Some(Err(
+                        "response cut: the upstream sent nothing for the stream idle timeout"
+                            .into(),
+                    )))
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -143,14 +143,17 @@ fn check(path: &Path, explain: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            for e in &errors.0 {
-                println!("{e}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(errors) => print_errors(path, &errors),
     }
+}
+
+/// Every config error with its YAML path, one a line; exit 1.
+fn print_errors(path: &Path, errors: &config::ConfigErrors) -> ExitCode {
+    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+    for e in &errors.0 {
+        println!("{e}");
+    }
+    ExitCode::FAILURE
 }
 
 /// `check --explain`: per tenant, each prefix with its upstream and requirements.
@@ -191,13 +194,7 @@ fn signing_keys(path: &Path) -> ExitCode {
             println!("{jwks:#}");
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            for e in &errors.0 {
-                println!("{e}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(errors) => print_errors(path, &errors),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,
+    /// `admin.metrics_bind` and `admin.token_file`, compiled.
+    pub admin_access: crate::admin::AdminAccess,
     pub limits: ConnLimits,
     pub sources: Sources,
     pub tenants: Vec<Tenant>,
@@ -100,6 +102,16 @@ impl Snapshot {
                 *new = prev.clone();
             }
             t.stats = o.stats.clone();
+        }
+        // A pool that stays keeps its fair-share queue: waiters, order and in-flight count.
+        for (name, pool) in &self.upstreams {
+            if let (Some(settings), Some(old)) = (
+                pool.capacity_settings(),
+                old.upstreams.get(name).and_then(|p| p.capacity()),
+            ) {
+                old.reconfigure(settings);
+                pool.adopt_capacity(old);
+            }
         }
         // The same jwks_url keeps its fetched set and its fetcher.
         if let (Some(new), Some(prev)) = (
@@ -186,6 +198,8 @@ pub struct TenantLimits {
     pub max_body_bytes: Option<u64>,
     /// How long a request may wait for a concurrency slot; `None`: refuse at once.
     pub queue: Option<Duration>,
+    /// Share of a saturated pool (`weight`, default 1).
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,6 +59,21 @@ async fn ws_echo() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, seen)
 }
 
+/// Whether a WebSocket to globex can be opened within about a second (a slot was freed).
+async fn eventually_opens(http: std::net::SocketAddr) -> bool {
+    for _ in 0..40 {
+        let stream = TcpStream::connect(http).await.expect("connect");
+        if tokio_tungstenite::client_async(ws_request("globex.gw.test"), stream)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 fn ws_request(host: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     format!("ws://{host}/ws")
         .into_client_request()
@@ -125,6 +140,47 @@ async fn websocket_echo_through_the_gateway_plain_and_tls() {
 }
 
 #[tokio::test]
+async fn an_upgraded_connection_keeps_its_connection_slots_until_it_closes() {
+    let env = Env::new();
+    let (url, _) = ws_echo().await;
+    let yaml = env
+        .config(&url, &url)
+        .replace("plans:", "limits: { max_connections_per_ip: 3 }\nplans:");
+    let (gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let open = || async move {
+        let stream = TcpStream::connect(http).await.expect("connect");
+        tokio_tungstenite::client_async(ws_request("globex.gw.test"), stream).await
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = open().await.expect("upgrade");
+        ws.send(Message::text("ping")).await.expect("send");
+        assert!(ws.next().await.is_some(), "echo");
+        sockets.push(ws);
+    }
+    // Three upgraded connections from 127.0.0.1: the fourth connection is refused at once.
+    assert!(
+        open().await.is_err(),
+        "a fourth connection from the same IP must be refused while three WebSockets are open"
+    );
+    let metrics = gw.metrics().render();
+    assert!(
+        metrics.contains("gateway_active_connections 3"),
+        "the gauge counts upgraded connections:\n{metrics}"
+    );
+    // Closing one frees its slot.
+    let mut first = sockets.remove(0);
+    first.close(None).await.expect("close");
+    while first.next().await.is_some() {}
+    drop(first);
+    assert!(
+        eventually_opens(http).await,
+        "closing a WebSocket frees its connection slot"
+    );
+}
+
+#[tokio::test]
 async fn an_open_websocket_holds_a_concurrency_slot() {
     let env = Env::new();
     let (url, _) = ws_echo().await;
@@ -146,15 +202,10 @@ async fn an_open_websocket_holds_a_concurrency_slot() {
     first.close(None).await.expect("close");
     while first.next().await.is_some() {}
     drop(first);
-    let mut ok = false;
-    for _ in 0..40 {
-        if open().await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ok, "closing a WebSocket frees its slot");
+    assert!(
+        eventually_opens(http).await,
+        "closing a WebSocket frees its slot"
+    );
 }
 
 #[tokio::test]

@@ -68,11 +68,7 @@ async fn real_signed_request() -> (serde_json::Value, Seen) {
     .await;
     assert_eq!(got.status, 200);
     let seen = shared.requests().remove(0);
-    let headers: serde_json::Map<String, serde_json::Value> = seen
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").into()))
-        .collect();
+    let headers = headers_json(&seen);
     let case = serde_json::json!({
         "headers": headers,
         "method": seen.method,
@@ -81,6 +77,14 @@ async fn real_signed_request() -> (serde_json::Value, Seen) {
         "secret": SIGNING_SECRET,
     });
     (case, seen)
+}
+
+/// The headers an upstream received, as a JSON object.
+fn headers_json(seen: &Seen) -> serde_json::Map<String, serde_json::Value> {
+    seen.headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").into()))
+        .collect()
 }
 
 fn check_snippet(program: &str, code: &str, case: &serde_json::Value) {
@@ -135,4 +139,91 @@ async fn readme_node_snippet_verifies_real_gateway_output() {
     let (case, _) = real_signed_request().await;
     let code = format!("{}\n{JS_HARNESS}", snippet("verify-node"));
     check_snippet("node", &code, &case);
+}
+
+// === signatures v2 (Ed25519, audience) ===
+
+const PY_HARNESS_V2: &str = r#"
+import json, sys
+case = json.load(sys.stdin)
+ok = verify_tenant_signature_v2(case["headers"], case["method"], case["path"], case["jwks"],
+                                case["audience"], now=case.get("now"))
+print("true" if ok else "false")
+"#;
+
+const JS_HARNESS_V2: &str = r#"
+const c = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const ok = verifyTenantSignatureV2(c.headers, c.method, c.path, c.jwks, c.audience, 300, c.now ?? Date.now() / 1000);
+console.log(ok ? "true" : "false");
+"#;
+
+/// A request through a gateway that signs v2 with an Ed25519 key, and the JWKS it publishes.
+async fn real_v2_request() -> serde_json::Value {
+    let env = Env::new();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+    std::fs::write(env.path("ed.pem"), key.serialize_pem()).expect("write");
+    let d = env.dir.path().display();
+    let shared = Upstream::start("shared").await;
+    let yaml = env.config(&shared.url(), &shared.url()).replace(
+        &format!("signing:\n  active_key: k1\n  keys:\n    - {{ id: k1, secret_file: {d}/signing.key }}"),
+        &format!("signing:\n  version: 2\n  active_key: e1\n  keys:\n    - {{ id: e1, algorithm: ed25519, private_key_file: {d}/ed.pem }}"),
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let got = h1(
+        running.addr("admin").expect("admin"),
+        get("localhost", "/.well-known/tenant-signing-keys"),
+    )
+    .await;
+    let jwks: serde_json::Value = serde_json::from_slice(&got.body).expect("jwks");
+    let got = h1(
+        running.addr("http").expect("http"),
+        get("GloBex.gw.test:8080", "/orders/7?expand=items&x=%20y"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let seen = shared.requests().remove(0);
+    let headers = headers_json(&seen);
+    serde_json::json!({
+        "headers": headers, "method": seen.method, "path": seen.path, "jwks": jwks,
+        "audience": "shared",
+    })
+}
+
+fn check_snippet_v2(program: &str, code: &str, case: &serde_json::Value) {
+    assert_eq!(run(program, code, case), "true", "{program}: genuine v2");
+    type Change = fn(&mut serde_json::Value);
+    let changes: [(&str, Change); 5] = [
+        ("changed path", |c| {
+            c["path"] = "/orders/8?expand=items&x=%20y".into()
+        }),
+        ("changed source", |c| {
+            c["headers"]["x-tenant-source"] = "sni".into()
+        }),
+        ("another pool", |c| c["audience"] = "acme-dedicated".into()),
+        ("replay after the window", |c| {
+            c["now"] = (tenant_gateway::signing::unix_now() + 3600).into()
+        }),
+        ("unknown key", |c| {
+            c["jwks"]["keys"][0]["kid"] = "other".into()
+        }),
+    ];
+    for (what, change) in changes {
+        let mut changed = case.clone();
+        change(&mut changed);
+        assert_eq!(run(program, code, &changed), "false", "{program}: {what}");
+    }
+}
+
+#[tokio::test]
+async fn readme_python_v2_snippet_verifies_real_gateway_output() {
+    let case = real_v2_request().await;
+    let code = format!("{}\n{PY_HARNESS_V2}", snippet("verify-python-v2"));
+    check_snippet_v2("python3", &code, &case);
+}
+
+#[tokio::test]
+async fn readme_node_v2_snippet_verifies_real_gateway_output() {
+    let case = real_v2_request().await;
+    let code = format!("{}\n{JS_HARNESS_V2}", snippet("verify-node-v2"));
+    check_snippet_v2("node", &code, &case);
 }

@@ -2,7 +2,7 @@
 //! text and request fields never panic; a header that parses re-serialises to the same fields;
 //! and what `SigningKey::sign` produces for the same fields always verifies.
 //! Input lines: header, request id, method, authority, path and query, tenant, plan, subject,
-//! now (unix seconds; when absent, the header's own `ts`).
+//! source, now (unix seconds; when absent, the header's own `ts`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,13 +25,23 @@ fuzz_target!(|data: &[u8]| {
         tenant: next(),
         plan: next(),
         subject: next(),
+        source: next(),
     };
     let now_line = next();
 
     let parsed = parse_header(header);
     if let Ok(p) = &parsed {
         assert!(!p.kid.is_empty() && !p.sig.is_empty());
-        let again = format!("v1;kid={};ts={};sig={}", p.kid, p.ts, p.sig);
+        let again = match (p.alg, p.aud) {
+            (Some(alg), Some(aud)) => format!(
+                "v2;kid={};alg={};ts={};aud={aud};sig={}",
+                p.kid,
+                alg.as_str(),
+                p.ts,
+                p.sig
+            ),
+            _ => format!("v1;kid={};ts={};sig={}", p.kid, p.ts, p.sig),
+        };
         assert_eq!(parse_header(&again), Ok(p.clone()), "{header:?}");
     }
     let now = now_line
@@ -50,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
         } else {
             b"another-secret"
         };
-        let expected = SigningKey::new(p.kid, secret).sign(p.ts, &fields);
+        let key = SigningKey::new(p.kid, secret);
+        let expected = match p.aud {
+            Some(aud) => key.sign_v2(p.ts, &fields, aud),
+            None => key.sign(p.ts, &fields),
+        };
         assert_eq!(parse_header(&expected).map(|e| e.sig), Ok(p.sig));
     }
     if parsed.is_err() {
@@ -61,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
     // the skew window, and not with another key.
     let signed = SigningKey::new("k1", SECRET).sign(now, &fields);
     assert_eq!(verifier.verify_at(&signed, &fields, now), Ok(()));
+    let signed_v2 = SigningKey::new("k1", SECRET).sign_v2(now, &fields, fields.tenant);
+    if !fields.tenant.is_empty() && !fields.tenant.contains(';') {
+        assert_eq!(verifier.verify_at(&signed_v2, &fields, now), Ok(()));
+    }
     assert_eq!(
         verifier.verify_at(&signed, &fields, now.saturating_add(300)),
         Ok(())
