@@ -198,7 +198,9 @@ impl FairQueue {
         }
     }
 
-    fn enqueue(self: &Arc<Self>, tenant: &str, weight: u32) -> Result<Waiting, Shed> {
+    /// Joins `tenant`'s queue without waiting (benchmarks and synchronous callers); the place
+    /// is kept until the returned [`Waiting`] is granted or dropped.
+    pub fn enqueue(self: &Arc<Self>, tenant: &str, weight: u32) -> Result<Waiting, Shed> {
         let tenant: Arc<str> = Arc::from(tenant);
         let tenant = &tenant;
         let (tx, rx) = oneshot::channel();
@@ -346,12 +348,21 @@ impl Drop for Slot {
 /// A place in a tenant queue; leaves the queue when dropped before it was granted. It owns the
 /// receiving end, so a dispatch that finds the entry always finds the receiver alive: the
 /// slot is then counted for this waiter, and handed on here.
-struct Waiting {
+pub struct Waiting {
     queue: Arc<FairQueue>,
     tenant: Arc<str>,
     id: u64,
     granted: bool,
     rx: oneshot::Receiver<()>,
+}
+
+impl Waiting {
+    /// The slot, if one has been dispatched to this place.
+    pub fn try_granted(&mut self) -> Option<Slot> {
+        self.rx.try_recv().ok()?;
+        self.granted = true;
+        Some(self.queue.slot())
+    }
 }
 
 impl Drop for Waiting {
