@@ -40,6 +40,10 @@ pub struct Gateway {
     pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
     /// Open connections per client IP, for `limits.max_connections_per_ip`.
     pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
+    /// Quota counts and usage periods per tenant; outlives reloads.
+    meter: Arc<crate::quota::Meter>,
+    /// `usage.export`, made at start from the first config (changes take effect on restart).
+    exporter: Option<Arc<crate::usage::Exporter>>,
 }
 
 impl Gateway {
@@ -50,8 +54,14 @@ impl Gateway {
                 .map_err(|e| tracing::error!(error = %e, "rate-limit store unavailable"))
                 .ok()
         });
+        let meter = Arc::new(crate::quota::Meter::new(snapshot.usage.state_file.clone()));
+        let export = snapshot.usage.export.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let exporter =
+            export.map(|e| crate::usage::Exporter::new(e, snapshot.clone(), meter.clone()));
         Arc::new(Self {
+            meter,
+            exporter,
             metrics: Metrics::new(snapshot.clone()),
             draining: AtomicBool::new(false),
             store,
@@ -118,6 +128,22 @@ impl Gateway {
         self.store.as_deref()
     }
 
+    /// The quota and usage meter (its clock can be pinned in tests).
+    pub fn meter(&self) -> &crate::quota::Meter {
+        &self.meter
+    }
+
+    /// Exports the usage of the interval in progress and writes the state file (shutdown,
+    /// tests).
+    pub fn flush_usage(&self) {
+        if let Some(e) = &self.exporter
+            && let Err(err) = e.flush()
+        {
+            tracing::warn!(error = %err, "usage export failed");
+        }
+        crate::usage::save_state(&self.meter, &self.snapshot);
+    }
+
     /// True once shutdown has begun: `/readyz` answers 503.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -157,6 +183,9 @@ impl Gateway {
             Ok(mut next) => {
                 let current = self.snapshot.load();
                 next.adopt_state(&current);
+                if next.usage != current.usage {
+                    tracing::warn!("usage settings (state file, export) take effect on restart");
+                }
                 if next.cluster != current.cluster {
                     tracing::warn!("cluster store changes take effect on restart");
                 }
@@ -224,6 +253,7 @@ impl Gateway {
                     tls: spec.tls.then(|| tls.clone()),
                     gateway: self.clone(),
                     connections: connections.clone(),
+                    proxy_protocol: spec.proxy_protocol,
                 },
                 shutdown_rx.clone(),
             ));
@@ -237,7 +267,19 @@ impl Gateway {
             listeners.push(("admin".to_owned(), addr));
             tasks.spawn(admin::run(listener, self.clone(), admin_rx));
         }
+        let mut usage_tasks = Vec::new();
+        if let Some(e) = &self.exporter {
+            usage_tasks.push(tokio::spawn(e.clone().run()));
+        }
+        if self.meter.has_state_file() {
+            usage_tasks.push(tokio::spawn(crate::usage::save_state_every(
+                self.meter.clone(),
+                self.snapshot_cell(),
+                snap.usage.state_interval,
+            )));
+        }
         Ok(Running {
+            usage_tasks,
             listeners,
             shutdown: shutdown_tx,
             admin_shutdown: admin_tx,
@@ -254,6 +296,8 @@ pub struct Running {
     admin_shutdown: watch::Sender<bool>,
     gateway: Arc<Gateway>,
     tasks: JoinSet<()>,
+    /// The usage exporter and state-file writer; flushed once more after the drain.
+    usage_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -285,5 +329,10 @@ impl Running {
                 admin_closed = true;
             }
         }
+        for t in self.usage_tasks.drain(..) {
+            t.abort();
+        }
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gw.flush_usage()).await;
     }
 }

@@ -12,6 +12,9 @@
 //!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
 //!   [`limits`] (admit) → [`forward`] (strip, sign, send).
 //! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
+//! - [`quota`], [`usage`]: calendar quotas and the usage meter; `/tenants/<id>/usage`, export.
+//! - [`client_auth`], [`proxy_protocol`]: client certificates (mTLS), the real client address
+//!   (`trusted_proxies`, PROXY protocol, `x-forwarded-for`).
 //! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
 //! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
@@ -21,6 +24,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod client_auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -35,6 +39,8 @@ pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod quota;
 pub mod route;
 pub mod server;
 pub mod signing;
@@ -43,6 +49,7 @@ pub mod tenant;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod usage;
 pub mod watch;
 
 pub use error::GatewayError;

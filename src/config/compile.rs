@@ -79,6 +79,10 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
         certs.add(&cert);
     }
 
+    let identity = crate::client_auth::compile_edge(&mut c.errors, raw, &listeners);
+    c.files.extend(identity.files.iter().cloned());
+    let usage = crate::usage::compile(&mut c.errors, raw.usage.as_ref());
+    let mut client_cert_sans: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut hosts: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut host_owner: HashMap<Box<str>, String> = HashMap::new();
@@ -151,6 +155,14 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                 ),
             }
         }
+        crate::client_auth::claim_sans(
+            &mut c.errors,
+            &mut client_cert_sans,
+            &path,
+            &t.client_cert_sans,
+            id,
+            identity.client_auth.is_some(),
+        );
         tenant_ids.insert(name.as_str().into(), id);
         tenants.push(Tenant {
             name: name.as_str().into(),
@@ -257,6 +269,10 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             token,
             apikeys,
             access_log: raw.access_log,
+            usage,
+            trusted_proxies: identity.trusted_proxies,
+            client_auth: identity.client_auth,
+            client_cert_sans,
             cluster,
             files: c
                 .certs_by_path
@@ -327,6 +343,7 @@ struct PlanFields {
     request_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     queue_ms: Option<u64>,
+    quota: Option<RawQuota>,
 }
 
 struct Compiler {
@@ -371,6 +388,7 @@ impl Compiler {
                     name: l.name.clone(),
                     bind,
                     tls: l.tls,
+                    proxy_protocol: l.proxy_protocol,
                 });
             }
         }
@@ -436,6 +454,7 @@ impl Compiler {
                 RawSource::Host => s.host = true,
                 RawSource::Token => s.token = true,
                 RawSource::Apikey => s.apikey = true,
+                RawSource::ClientCert => s.client_cert = true,
             }
         }
         if raw.tenancy.sources.is_empty() {
@@ -589,6 +608,18 @@ impl Compiler {
         active.map(|a| (a, keys))
     }
 
+    fn quota(&mut self, path: &str, q: Option<RawQuota>) -> Option<crate::quota::QuotaSpec> {
+        let q = q?;
+        if q.requests == 0 {
+            self.err(format!("{path}.requests"), "must be greater than 0");
+            return None;
+        }
+        Some(crate::quota::QuotaSpec {
+            requests: q.requests,
+            period: q.period,
+        })
+    }
+
     fn rate(&mut self, path: &str, r: Option<RawRate>) -> Option<Rate> {
         let r = r?;
         if r.per_second == 0 || r.burst == 0 {
@@ -617,6 +648,7 @@ impl Compiler {
                         request_ms: t.request_ms,
                         max_body_bytes: p.max_body_bytes,
                         queue_ms: p.queue_ms,
+                        quota: p.quota,
                     },
                 )
             })
@@ -654,6 +686,7 @@ impl Compiler {
                 .or(plan.queue_ms)
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
+            quota: self.quota(&format!("{path}.quota"), t.quota.or(plan.quota)),
         }
     }
 
@@ -795,7 +828,7 @@ impl Compiler {
                 let missing = match req {
                     RawSource::Token => config.token.is_none(),
                     RawSource::Apikey => config.apikey.is_none(),
-                    RawSource::Sni | RawSource::Host => false,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert => false,
                 };
                 if missing {
                     self.err(
@@ -803,7 +836,10 @@ impl Compiler {
                         format!("{req:?} is required here but not configured").to_lowercase(),
                     );
                 }
-                if matches!(req, RawSource::Sni | RawSource::Host) {
+                if matches!(
+                    req,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert
+                ) {
                     self.err(
                         format!("{rpath}.require[{j}]"),
                         "only token and apikey can be required by a route",
