@@ -452,11 +452,8 @@ impl Exporter {
         loop {
             tokio::time::sleep(self.settings.interval).await;
             let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.flush()).await {
-                Ok(Err(e)) => {
-                    tracing::warn!(path = %self.settings.path.display(), error = %e, "usage export failed; the counts stay for the next interval")
-                }
-                Ok(Ok(_)) | Err(_) => {}
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.flush()).await {
+                tracing::warn!(path = %self.settings.path.display(), error = %e, "usage export failed; the counts stay for the next interval");
             }
         }
     }
