@@ -168,6 +168,44 @@ fn signing(c: &mut Criterion) {
     });
 }
 
+/// A pool's fair-share queue: taking and returning a slot below the cap (the cost every request
+/// to a pool with `capacity` pays), and one dispatch at the cap with 10 and with 10,000 tenants
+/// waiting (release a slot, hand it to the next tenant in turn, that tenant queues again).
+fn fair_share(c: &mut Criterion) {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+    use tenant_gateway::fairshare::{CapacitySettings, FairQueue, Limit};
+    let settings = |limit| CapacitySettings {
+        limit: Limit::Fixed(limit),
+        queue: std::time::Duration::from_secs(60),
+        max_queued_per_tenant: 16,
+        max_queued: 1_000_000,
+    };
+    let mut g = c.benchmark_group("fair_share");
+    let q = Arc::new(FairQueue::new(settings(64)));
+    g.bench_function("admit_below_cap", |b| {
+        b.iter(|| drop(black_box(q.try_acquire().expect("slot"))))
+    });
+    for tenants in [10usize, 10_000] {
+        let q = Arc::new(FairQueue::new(settings(1)));
+        let names: Vec<String> = (0..tenants).map(|i| format!("t{i}")).collect();
+        let mut held = Some(q.try_acquire().expect("slot"));
+        let mut waiting: VecDeque<_> = names
+            .iter()
+            .map(|n| (n.as_str(), q.enqueue(n, 1).expect("queued")))
+            .collect();
+        g.bench_function(format!("dispatch_{tenants}_tenants_waiting"), |b| {
+            b.iter(|| {
+                drop(held.take());
+                let (name, mut w) = waiting.pop_front().expect("waiter");
+                held = Some(w.try_granted().expect("granted in turn"));
+                waiting.push_back((name, q.enqueue(name, 1).expect("queued")));
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The path normaliser on a path that is already normal (the common case) and on a dirty one.
 fn normalize(c: &mut Criterion) {
     use tenant_gateway::normalize::{PathPolicy, normalize_path};
@@ -332,6 +370,7 @@ criterion_group!(
     header_rewrite,
     limiter,
     normalize,
-    token_cache
+    token_cache,
+    fair_share
 );
 criterion_main!(benches);

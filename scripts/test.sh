@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, "Tests"): installs what the tests need where it is absent, then runs
-# every unit and integration test (the cluster tests start their own redis-server). Works on a
-# fresh Debian machine with only Rust installed.
+# every unit and integration test (the cluster tests start their own redis-server; the operator
+# tests open the dashboard in headless Chromium), then checks deploy/ (deploy/test.sh: promtool,
+# Kubernetes schemas). Works on a fresh Debian machine with only Rust installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "installing test tools: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,3 +29,4 @@ fi
 
 cargo test --locked "$@"
 bash middleware/test.sh
+bash deploy/test.sh

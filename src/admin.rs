@@ -1,7 +1,16 @@
 //! The admin listener (loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
-//! `GET /config`, `POST /reload`. Plain HTTP/1.1; it never serves tenant traffic.
+//! `GET /config`, `GET /stats`, `GET /dashboard`, `POST /reload`. Plain HTTP/1.1; it never
+//! serves tenant traffic.
+//!
+//! `admin.metrics_bind` adds a second listener that serves only `/metrics`, `/healthz` and
+//! `/readyz`, so Prometheus can scrape from the network while control stays on loopback.
+//! `admin.token_file` makes `POST` endpoints, `/stats`, `/dashboard` and `/config` require
+//! `Authorization: Bearer <token>` (or HTTP Basic with the token as password, so a browser can
+//! open the dashboard); the token is compared in constant time and never logged or shown.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -15,10 +24,161 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::ConfigErrors;
+use crate::config::raw::RawAdmin;
 use crate::gateway::Gateway;
+use crate::stats::{self, Sampler};
+
+/// The dashboard page: one self-contained file (inline CSS and JS, no external assets).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Shortest admin token accepted.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+// === impl AdminAccess ===
+
+/// Who may reach what on the admin listeners: `admin.metrics_bind` and `admin.token_file`,
+/// compiled (the token file is read at compile time, like every file the config names).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// The scrape-only listener, when configured.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Where the token came from (watched for changes).
+    pub token_file: Option<PathBuf>,
+    token: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("metrics_bind", &self.metrics_bind)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl AdminAccess {
+    /// Compiles the `admin` section's access keys, adding any error to `errors`.
+    pub fn compile(raw: Option<&RawAdmin>, errors: &mut ConfigErrors) -> Self {
+        let Some(raw) = raw else {
+            return Self::default();
+        };
+        let metrics_bind = raw
+            .metrics_bind
+            .as_ref()
+            .and_then(|b| match b.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(
+                        "admin.metrics_bind",
+                        format!("invalid address {b:?} (expected IP:PORT)"),
+                    );
+                    None
+                }
+            });
+        let token = raw
+            .token_file
+            .as_ref()
+            .and_then(|f| match crate::config::read_file(f) {
+                Ok(bytes) => {
+                    let t = bytes.trim_ascii();
+                    if t.len() < MIN_TOKEN_BYTES {
+                        errors.push(
+                            "admin.token_file",
+                            format!(
+                                "token in {} must be at least {MIN_TOKEN_BYTES} bytes",
+                                f.display()
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(Arc::from(t))
+                    }
+                }
+                Err(e) => {
+                    errors.push(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    );
+                    None
+                }
+            });
+        Self {
+            metrics_bind,
+            token_file: raw.token_file.clone(),
+            token,
+        }
+    }
+
+    /// Whether control endpoints need a token.
+    pub fn token_required(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// True when no token is configured or the request carries it (Bearer, or Basic with the
+    /// token as password). Constant time in the token's contents.
+    pub fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(value) = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+        else {
+            return false;
+        };
+        let offered = if let Some(b) = strip_scheme(value, b"bearer ") {
+            b.trim_ascii().to_vec()
+        } else if let Some(b) = strip_scheme(value, b"basic ") {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(b.trim_ascii()) {
+                Ok(pair) => match pair.iter().position(|&c| c == b':') {
+                    Some(i) => pair[i + 1..].to_vec(),
+                    None => return false,
+                },
+                Err(_) => return false,
+            }
+        } else {
+            return false;
+        };
+        aws_lc_rs::constant_time::verify_slices_are_equal(&offered, token).is_ok()
+    }
+}
+
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .then(|| &value[scheme.len()..])
+}
+
+// === listeners ===
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// Everything on the admin API.
+    Full,
+    /// `/metrics`, `/healthz`, `/readyz` only (`admin.metrics_bind`).
+    ScrapeOnly,
+}
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
-pub async fn run(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+    serve(listener, gw, shutdown, Surface::Full).await
+}
+
+/// Serves only `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` turns true.
+pub async fn run_metrics(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+    serve(listener, gw, shutdown, Surface::ScrapeOnly).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    surface: Surface,
+) {
+    let sampler = Arc::new(Sampler::new());
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -28,10 +188,12 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         };
         let gw = gw.clone();
+        let sampler = sampler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(route(&gw, req).await) }
+                let sampler = sampler.clone();
+                async move { Ok::<_, Infallible>(route(&gw, &sampler, surface, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -58,8 +220,43 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", v.to_string())
 }
 
-async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn unauthorized(basic: bool) -> Response<Full<Bytes>> {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({"error": "unauthorized"}),
+    );
+    // A browser asks for Basic credentials (the token as password) on the dashboard.
+    let challenge = if basic {
+        "Basic realm=\"tenant-gateway admin\""
+    } else {
+        "Bearer realm=\"tenant-gateway admin\""
+    };
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    r
+}
+
+async fn route(
+    gw: &Arc<Gateway>,
+    sampler: &Sampler,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if surface == Surface::ScrapeOnly && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found"}),
+        );
+    }
+    let protected =
+        req.method() == Method::POST || matches!(path, "/stats" | "/dashboard" | "/config");
+    if protected && !gw.snapshot().admin_access.authorized(req.headers()) {
+        return unauthorized(path == "/dashboard");
+    }
+    match (req.method(), path) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "alive"})),
         (&Method::GET, "/readyz") => {
             let draining = gw.is_draining();
@@ -115,6 +312,36 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes
                 }),
             )
         }
+        (&Method::GET, "/stats") => {
+            let query = stats::Query::parse(req.uri().query());
+            let mut r = json(StatusCode::OK, stats::collect(gw, sampler, &query));
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        (&Method::GET, "/dashboard") => {
+            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+            let h = r.headers_mut();
+            // The page loads nothing from anywhere but this listener.
+            h.insert(
+                http::header::CONTENT_SECURITY_POLICY,
+                http::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+                ),
+            );
+            h.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            h.insert(
+                http::header::X_FRAME_OPTIONS,
+                http::HeaderValue::from_static("DENY"),
+            );
+            r
+        }
         (&Method::GET, "/.well-known/tenant-signing-keys") => {
             let snap = gw.snapshot();
             json(
@@ -147,7 +374,10 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes
                 ),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => json(
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/stats" | "/dashboard",
+        ) => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method_not_allowed"}),
         ),

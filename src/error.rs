@@ -73,6 +73,8 @@ pub enum GatewayError {
     UpstreamUnavailable(UpstreamFailure),
     #[error("upstream timed out")]
     UpstreamTimeout,
+    #[error("the upstream pool is saturated")]
+    UpstreamSaturated,
 }
 
 impl GatewayError {
@@ -102,6 +104,7 @@ impl GatewayError {
             }
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -128,6 +131,7 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamSaturated => "upstream_saturated",
         }
     }
 
@@ -156,6 +160,9 @@ impl GatewayError {
             Self::NoRoute => "no route matches this path",
             Self::UpstreamUnavailable(_) => "the upstream service is unavailable",
             Self::UpstreamTimeout => "the upstream service did not answer in time",
+            Self::UpstreamSaturated => {
+                "the upstream service is at capacity and the request waited too long; retry shortly"
+            }
         }
     }
 
@@ -191,7 +198,7 @@ impl GatewayError {
             | Self::TenantOverloaded { retry_after } => {
                 headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
             }
-            Self::RateLimitUnavailable => {
+            Self::RateLimitUnavailable | Self::UpstreamSaturated => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -203,6 +210,9 @@ impl GatewayError {
 impl GatewayError {
     /// The gRPC status code for this error (gRPC clients read `grpc-status`, not the HTTP one).
     pub fn grpc_status(&self) -> u8 {
+        if let Self::UpstreamSaturated = self {
+            return 8; // RESOURCE_EXHAUSTED: the pool's capacity, not the service, is short
+        }
         match self.status().as_u16() {
             400 | 414 | 431 => 3, // INVALID_ARGUMENT
             401 => 16,            // UNAUTHENTICATED
@@ -244,6 +254,7 @@ mod tests {
         let d = Duration::from_millis(1500);
         let cases = [
             (GatewayError::UnknownTenant, 404, "unknown_tenant"),
+            (GatewayError::UpstreamSaturated, 503, "upstream_saturated"),
             (
                 GatewayError::InvalidPath(crate::normalize::PathError::AboveRoot),
                 400,

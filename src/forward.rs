@@ -116,9 +116,12 @@ pub fn rewrite_request_head(
 }
 
 /// What a forwarded request holds until its response body has been sent: the tenant's
-/// concurrency slot (if it has a cap) and the connection's active-request count.
+/// concurrency slot (if it has a cap), the pool's slot (if it has a capacity) and the
+/// connection's active-request count.
 pub struct Hold {
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The pool's fair-share slot, when the pool has a `capacity`.
+    pub pool_slot: Option<crate::fairshare::Slot>,
     pub active: ActiveRequest,
 }
 

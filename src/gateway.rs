@@ -189,7 +189,10 @@ impl Gateway {
                 if next.cluster != current.cluster {
                     tracing::warn!("cluster store changes take effect on restart");
                 }
-                if next.listeners != current.listeners || next.admin != current.admin {
+                if next.listeners != current.listeners
+                    || next.admin != current.admin
+                    || next.admin_access.metrics_bind != current.admin_access.metrics_bind
+                {
                     tracing::warn!(
                         "listener changes take effect on restart; reload keeps the bound sockets"
                     );
@@ -210,6 +213,7 @@ impl Gateway {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
                 Metrics::count(&self.metrics.reloads, "result", "ok");
+                self.metrics.last_reload_failed.set(0);
                 self.reloads.send_replace(generation);
                 self.metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, hash = %hash, %summary, "config reloaded");
@@ -221,6 +225,7 @@ impl Gateway {
                 }
                 *last = Some(errors.to_string());
                 Metrics::count(&self.metrics.reloads, "result", "error");
+                self.metrics.last_reload_failed.set(1);
                 Err(errors)
             }
         }
@@ -258,6 +263,7 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
         }
+        let mut admin_tasks = 0;
         if let Some(admin) = snap.admin {
             let listener = TcpListener::bind(admin)
                 .await
@@ -265,7 +271,18 @@ impl Gateway {
             let addr = listener.local_addr()?;
             tracing::info!(listener = "admin", %addr, tls = false, "listening");
             listeners.push(("admin".to_owned(), addr));
-            tasks.spawn(admin::run(listener, self.clone(), admin_rx));
+            tasks.spawn(admin::run(listener, self.clone(), admin_rx.clone()));
+            admin_tasks += 1;
+        }
+        if let Some(bind) = snap.admin_access.metrics_bind {
+            let listener = TcpListener::bind(bind).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("admin.metrics_bind on {bind}: {e}"))
+            })?;
+            let addr = listener.local_addr()?;
+            tracing::info!(listener = "metrics", %addr, tls = false, "listening");
+            listeners.push(("metrics".to_owned(), addr));
+            tasks.spawn(admin::run_metrics(listener, self.clone(), admin_rx));
+            admin_tasks += 1;
         }
         let mut usage_tasks = Vec::new();
         if let Some(e) = &self.exporter {
@@ -281,6 +298,7 @@ impl Gateway {
         Ok(Running {
             usage_tasks,
             listeners,
+            admin_tasks,
             shutdown: shutdown_tx,
             admin_shutdown: admin_tx,
             gateway: self.clone(),
@@ -292,6 +310,8 @@ impl Gateway {
 /// Listeners being served; dropped or `shutdown()` to stop.
 pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin and metrics listeners, which close after the traffic listeners have drained.
+    admin_tasks: usize,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
     gateway: Arc<Gateway>,
@@ -317,8 +337,8 @@ impl Running {
         let _ = self.shutdown.send(true);
         let mut admin_closed = false;
         while self.tasks.join_next().await.is_some() {
-            // Every listener but the admin one has drained once one task is left.
-            if !admin_closed && self.tasks.len() <= 1 {
+            // Every traffic listener has drained once only the admin ones are left.
+            if !admin_closed && self.tasks.len() <= self.admin_tasks {
                 // Upgraded connections left hyper's accounting at the 101: wait for them here.
                 let grace = self.gateway.snapshot().limits.shutdown_grace;
                 while self.gateway.upgraded.load(Ordering::Relaxed) > 0 && started.elapsed() < grace

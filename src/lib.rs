@@ -15,10 +15,13 @@
 //! - [`quota`], [`usage`]: calendar quotas and the usage meter; `/tenants/<id>/usage`, export.
 //! - [`client_auth`], [`proxy_protocol`]: client certificates (mTLS), the real client address
 //!   (`trusted_proxies`, PROXY protocol, `x-forwarded-for`).
+//! - [`stats`]: the `/stats` JSON the admin `/dashboard` page refreshes from.
 //! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
 //! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
 //! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
 //! - [`upstream`]: upstream pools, balancing, the pooled client.
+//! - [`fairshare`]: a pool's `capacity`: slots, per-tenant queues, weighted fair dispatch.
+//! - [`normalize`]: the request path as routes match it, as it is signed and forwarded.
 //! - [`error`]: `GatewayError` and SPEC's status codes.
 //! - [`devcerts`], [`demo`]: throwaway certificates and the newcomer's demo.
 
@@ -30,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod devcerts;
 pub mod error;
+pub mod fairshare;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
@@ -45,6 +49,7 @@ pub mod route;
 pub mod server;
 pub mod signing;
 pub mod snapshot;
+pub mod stats;
 pub mod tenant;
 pub mod tls;
 pub mod token;

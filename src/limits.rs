@@ -124,13 +124,26 @@ pub struct TenantStats {
     /// Request body bytes received from the client, and response body bytes sent to it.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Requests shed by a saturated pool (503 `upstream_saturated`).
+    pub saturated: AtomicU64,
+    /// Time spent waiting for a pool slot (only requests that waited); made on first use.
+    pub queue_wait: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
     /// Responses by status class and latency (metrics).
     pub responses: crate::metrics::ResponseStats,
+    /// 429 and 503 refusals by error code (`/stats`).
+    pub refused: crate::stats::Refusals,
 }
 
 impl TenantStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long a request waited in a saturated pool's queue.
+    pub fn observe_queue_wait(&self, waited: std::time::Duration) {
+        self.queue_wait
+            .get_or_init(crate::metrics::latency_histogram)
+            .observe(waited.as_secs_f64());
     }
 }
 

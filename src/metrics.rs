@@ -70,6 +70,8 @@ pub struct Metrics {
     pub client_cert_failures: Family<Labels, Counter>,
     pub reloads: Family<Labels, Counter>,
     pub config_generation: Gauge,
+    /// 1 while the last reload was refused (the previous config is serving); 0 after a good one.
+    pub last_reload_failed: Gauge,
     /// 1 while the cluster rate-limit store is degraded (breaker open or failing).
     pub store_degraded: Gauge,
     /// Requests that named no configured tenant.
@@ -98,6 +100,12 @@ impl Metrics {
         );
         let config_generation = Gauge::default();
         let store_degraded = Gauge::default();
+        let last_reload_failed = Gauge::default();
+        registry.register(
+            "config_last_reload_failed",
+            "1 while the last config reload was refused and the previous config keeps serving",
+            last_reload_failed.clone(),
+        );
         registry.register(
             "rate_limit_store_degraded",
             "1 while the shared rate-limit store is failing and on_error applies",
@@ -135,6 +143,31 @@ impl Metrics {
             unknown: unknown.clone(),
         }));
         config_generation.set(1);
+        // Every known label value starts at 0, so dashboards and alerts see a series (and a
+        // rate of 0) before the first event instead of nothing.
+        let known: [(&Family<Labels, Counter>, &str, &[&str]); 4] = [
+            (&reloads, "result", &["ok", "error"]),
+            (
+                &upstream_errors,
+                "kind",
+                &["connect", "exchange", "no_endpoint", "timeout"],
+            ),
+            (
+                &tls_handshake_failures,
+                "reason",
+                &["tls_error", "client_closed", "io", "timeout"],
+            ),
+            (
+                &connections_closed,
+                "reason",
+                &["per_ip_cap", "first_byte_timeout", "idle"],
+            ),
+        ];
+        for (family, label, values) in known {
+            for v in values {
+                let _ = family.get_or_create(&vec![(label, (*v).to_owned())]);
+            }
+        }
         Self {
             registry,
             active_connections,
@@ -144,6 +177,7 @@ impl Metrics {
             client_cert_failures,
             reloads,
             config_generation,
+            last_reload_failed,
             store_degraded,
             unknown,
         }
@@ -251,6 +285,136 @@ impl Collector for TenantCollector {
         for (name, not_after) in snap.certs.expiries() {
             ConstGauge::new(not_after - now).encode(m.encode_family(&[("certificate", name)])?)?;
         }
+        encode_saturation(&snap, &mut encoder)?;
         Ok(())
     }
+}
+
+/// Reads one gauge value of a capped tenant's concurrency.
+type CapField = fn(&crate::limits::Concurrency) -> i64;
+/// Reads one value of an upstream pool.
+type PoolField = fn(&crate::upstream::UpstreamPool) -> u64;
+
+/// Saturation and health series read at scrape time: capped tenants' slots in use, each pool's
+/// endpoints (all, in service), ejections and retries, and the connection cap.
+fn encode_saturation(
+    snap: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let caps: [(&str, &str, CapField); 2] = [
+        (
+            "tenant_in_flight",
+            "Requests holding one of the tenant's concurrency slots (tenants with max_concurrent)",
+            |c| c.in_use() as i64,
+        ),
+        (
+            "tenant_concurrency_limit",
+            "The tenant's max_concurrent (tenants that have one)",
+            |c| i64::from(c.max),
+        ),
+    ];
+    for (metric, help, get) in caps {
+        let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for t in &snap.tenants {
+            if let Some(c) = &t.concurrency {
+                ConstGauge::new(get(c)).encode(m.encode_family(&[("tenant", &*t.name)])?)?;
+            }
+        }
+    }
+    let mut pools: Vec<_> = snap.upstreams.values().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let gauges: [(&str, &str, PoolField); 2] = [
+        (
+            "upstream_endpoints",
+            "Endpoints configured in the pool",
+            |p| p.endpoints().len() as u64,
+        ),
+        (
+            "upstream_endpoints_healthy",
+            "Endpoints of the pool not ejected by passive health checking",
+            |p| p.endpoints().iter().filter(|e| !e.is_ejected()).count() as u64,
+        ),
+    ];
+    for (metric, help, get) in gauges {
+        let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for p in &pools {
+            ConstGauge::new(get(p) as i64).encode(m.encode_family(&[("upstream", &*p.name)])?)?;
+        }
+    }
+    // Fair share (pools with a `capacity`).
+    let queues: Vec<_> = pools
+        .iter()
+        .filter_map(|p| p.capacity().map(|q| (&*p.name, q)))
+        .collect();
+    type QueueField = fn(&crate::fairshare::FairQueue) -> i64;
+    let queue_gauges: [(&str, &str, QueueField); 3] = [
+        (
+            "upstream_in_flight",
+            "Requests holding one of the pool's capacity slots",
+            |q| q.in_flight() as i64,
+        ),
+        (
+            "upstream_queued",
+            "Requests waiting for a slot of the saturated pool",
+            |q| q.queued() as i64,
+        ),
+        (
+            "upstream_capacity_limit",
+            "The pool's current max_in_flight (fixed, or the adaptive estimate)",
+            |q| q.limit() as i64,
+        ),
+    ];
+    for (metric, help, get) in queue_gauges {
+        let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for (name, q) in &queues {
+            ConstGauge::new(get(q)).encode(m.encode_family(&[("upstream", *name)])?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_shed",
+        "Requests refused with 503 upstream_saturated (waited queue_ms, or the queue was full)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, q) in &queues {
+        ConstCounter::new(q.shed.load(std::sync::atomic::Ordering::Relaxed))
+            .encode(m.encode_family(&[("upstream", *name)])?)?;
+    }
+    let mut m = encoder.encode_descriptor(
+        "tenant_queue_wait_seconds",
+        "Time requests waited for a slot of a saturated pool (only those that waited)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for t in &snap.tenants {
+        if let Some(h) = t.stats.queue_wait.get() {
+            h.encode(m.encode_family(&[("tenant", &*t.name)])?)?;
+        }
+    }
+    let counters: [(&str, &str, PoolField); 2] = [
+        (
+            "upstream_ejections",
+            "Endpoint ejections by passive health checking (since the pool was configured)",
+            |p| p.endpoints().iter().map(|e| e.ejections()).sum(),
+        ),
+        (
+            "upstream_retries",
+            "Requests retried on another endpoint after a connect failure",
+            |p| p.retries(),
+        ),
+    ];
+    for (metric, help, get) in counters {
+        let mut m = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+        for p in &pools {
+            ConstCounter::new(get(p)).encode(m.encode_family(&[("upstream", &*p.name)])?)?;
+        }
+    }
+    let m = encoder.encode_descriptor(
+        "connection_limit",
+        "limits.max_connections: client connections the gateway accepts at once",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(snap.limits.max_connections as i64).encode(m)?;
+    Ok(())
 }

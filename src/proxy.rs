@@ -23,7 +23,7 @@ use crate::forward::{Forwarding, Hold, forward};
 use crate::gateway::Gateway;
 use crate::headers::forwarding;
 use crate::headers::framing::{HeadScan, check_request};
-use crate::limits::{self, RateLimitHeaders, admit};
+use crate::limits::{self, RateLimitHeaders, TenantStats, admit};
 use crate::metrics::Metrics;
 use crate::normalize::{PathError, PathPolicy, match_path, normalize_path};
 use crate::route::select_route;
@@ -191,6 +191,9 @@ pub async fn handle(
                 }
                 _ => {}
             }
+            if let Some(id) = out.tenant {
+                snap.tenant(id).stats.refused.count(&err);
+            }
             let close = http1 && err.closes_connection();
             let mut resp = if grpc {
                 err.into_grpc_response()
@@ -325,8 +328,26 @@ async fn run_phases(
         h2c,
         route.upstream.tls.as_deref(),
     );
+    // fair share of the pool (only pools with a `capacity`)
+    let pool_slot = match route.upstream.capacity() {
+        None => None,
+        Some(queue) => {
+            let (slot, waited) = queue
+                .acquire(&tenant.name, tenant.limits.weight)
+                .await
+                .map_err(|_| {
+                    TenantStats::bump(&tenant.stats.saturated);
+                    GatewayError::UpstreamSaturated
+                })?;
+            if !waited.is_zero() {
+                tenant.stats.observe_queue_wait(waited);
+            }
+            Some(slot)
+        }
+    };
     let hold = Hold {
         permit: admission.permit,
+        pool_slot,
         active,
     };
     forward(gw, &client, snap, conn, &fwd, route, req, hold).await

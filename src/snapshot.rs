@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,
+    /// `admin.metrics_bind` and `admin.token_file`, compiled.
+    pub admin_access: crate::admin::AdminAccess,
     pub limits: ConnLimits,
     pub sources: Sources,
     pub tenants: Vec<Tenant>,
@@ -108,6 +110,16 @@ impl Snapshot {
                 *new = prev.clone();
             }
             t.stats = o.stats.clone();
+        }
+        // A pool that stays keeps its fair-share queue: waiters, order and in-flight count.
+        for (name, pool) in &self.upstreams {
+            if let (Some(settings), Some(old)) = (
+                pool.capacity_settings(),
+                old.upstreams.get(name).and_then(|p| p.capacity()),
+            ) {
+                old.reconfigure(settings);
+                pool.adopt_capacity(old);
+            }
         }
         // The same jwks_url keeps its fetched set and its fetcher.
         if let (Some(new), Some(prev)) = (
@@ -199,6 +211,8 @@ pub struct TenantLimits {
     pub queue: Option<Duration>,
     /// Requests per UTC calendar period.
     pub quota: Option<crate::quota::QuotaSpec>,
+    /// Share of a saturated pool (`weight`, default 1).
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,8 @@ pub struct Endpoint {
     failures: AtomicU32,
     /// Skipped by `pick` until this time (ms on [`clock_ms`]); 0 = in service.
     ejected_until: AtomicU64,
+    /// Times passive health checking has ejected this endpoint.
+    ejections: AtomicU64,
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for ejection deadlines.
@@ -50,6 +52,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +65,16 @@ impl Endpoint {
     /// Requests currently between pick and the end of their response body.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Failures in a row so far (reset by a success or an ejection).
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Times this endpoint has been ejected.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
     }
 }
 
@@ -101,9 +114,14 @@ pub struct UpstreamPool {
     /// Signs this pool's requests (key, version, audience = the pool's name); `None` in pools
     /// built outside `compile`, which then use the snapshot's default signer.
     pub signer: Option<crate::signing::Signer>,
+    /// `capacity:`: the pool's fair-share queue (runtime state: kept across reloads that keep
+    /// the pool, see `Snapshot::adopt_state`).
+    capacity: arc_swap::ArcSwapOption<crate::fairshare::FairQueue>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     next: AtomicUsize,
+    /// Requests sent again on another endpoint (`pick_except` with an endpoint to avoid).
+    retries: AtomicU64,
 }
 
 /// Counts a request against its endpoint until dropped (with the response body).
@@ -124,14 +142,42 @@ impl UpstreamPool {
             health: Health::default(),
             retry_connect_failure: true,
             signer: None,
+            capacity: arc_swap::ArcSwapOption::empty(),
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             next: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
         }
+    }
+
+    /// Gives the pool a fair-share queue with `settings` (compile time).
+    pub fn set_capacity(&mut self, settings: crate::fairshare::CapacitySettings) {
+        self.capacity =
+            arc_swap::ArcSwapOption::from_pointee(crate::fairshare::FairQueue::new(settings));
+    }
+
+    /// The pool's fair-share queue, when it has a `capacity`.
+    pub fn capacity(&self) -> Option<Arc<crate::fairshare::FairQueue>> {
+        self.capacity.load_full()
+    }
+
+    /// The settings this pool was compiled with, when it has a `capacity`.
+    pub fn capacity_settings(&self) -> Option<crate::fairshare::CapacitySettings> {
+        self.capacity.load().as_ref().map(|q| q.settings())
+    }
+
+    /// Takes over the queue of the pool this one replaces (reload).
+    pub fn adopt_capacity(&self, queue: Arc<crate::fairshare::FairQueue>) {
+        self.capacity.store(Some(queue));
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// Requests retried on another endpoint since this pool was compiled.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Chooses an endpoint and counts the request against it. `None` for an empty pool.
@@ -148,6 +194,9 @@ impl UpstreamPool {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
+        }
+        if avoid.is_some() {
+            self.retries.fetch_add(1, Ordering::Relaxed);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let usable = |e: &Endpoint| !e.is_ejected() && avoid.is_none_or(|a| !std::ptr::eq(a, e));
@@ -184,6 +233,7 @@ impl UpstreamPool {
             endpoint.failures.store(0, Ordering::Relaxed);
             let until = clock_ms() + self.health.ejection.as_millis() as u64;
             endpoint.ejected_until.store(until, Ordering::Relaxed);
+            endpoint.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 upstream = %self.name,
                 endpoint = %endpoint.authority,

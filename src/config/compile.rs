@@ -54,6 +54,8 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
         .admin
         .as_ref()
         .and_then(|a| c.socket_addr("admin.bind", &a.bind));
+    let admin_access = crate::admin::AdminAccess::compile(raw.admin.as_ref(), &mut c.errors);
+    c.files.extend(admin_access.token_file.iter().cloned());
     let limits = c.limits(&raw.limits);
     let sources = c.sources(raw);
     let signing = c.signing(&raw.signing);
@@ -256,6 +258,7 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             loaded_at: SystemTime::now(),
             listeners,
             admin,
+            admin_access,
             limits,
             sources,
             tenants,
@@ -344,6 +347,7 @@ struct PlanFields {
     max_body_bytes: Option<u64>,
     queue_ms: Option<u64>,
     quota: Option<RawQuota>,
+    weight: Option<u32>,
 }
 
 struct Compiler {
@@ -649,6 +653,7 @@ impl Compiler {
                         max_body_bytes: p.max_body_bytes,
                         queue_ms: p.queue_ms,
                         quota: p.quota,
+                        weight: p.weight,
                     },
                 )
             })
@@ -675,6 +680,10 @@ impl Compiler {
         if max_concurrent == Some(0) {
             self.err(format!("{path}.max_concurrent"), "must be greater than 0");
         }
+        let weight = t.weight.or(plan.weight).unwrap_or(1);
+        if weight == 0 || weight > 1_000 {
+            self.err(format!("{path}.weight"), "must be between 1 and 1000");
+        }
         TenantLimits {
             rate: self.rate(&format!("{path}.rate"), t.rate.or(plan.rate)),
             max_concurrent,
@@ -687,6 +696,7 @@ impl Compiler {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
             quota: self.quota(&format!("{path}.quota"), t.quota.or(plan.quota)),
+            weight: weight.clamp(1, 1_000),
         }
     }
 
@@ -745,6 +755,11 @@ impl Compiler {
                 ejection: Duration::from_millis(u.health.ejection_ms),
             };
             pool.retry_connect_failure = u.retry_connect_failure;
+            if let Some(cap) = &u.capacity
+                && let Some(settings) = self.capacity(&format!("{path}.capacity"), cap)
+            {
+                pool.set_capacity(settings);
+            }
             pool.signer = signing.and_then(|(active, keys)| {
                 let key = match &u.signing_key {
                     None => active.clone(),
@@ -771,6 +786,46 @@ impl Compiler {
             out.insert(name.as_str().into(), Arc::new(pool));
         }
         out
+    }
+
+    fn capacity(
+        &mut self,
+        path: &str,
+        c: &super::raw::RawCapacity,
+    ) -> Option<crate::fairshare::CapacitySettings> {
+        use super::raw::RawMaxInFlight;
+        use crate::fairshare::{CapacitySettings, Limit};
+        let limit = match &c.max_in_flight {
+            RawMaxInFlight::Fixed(n) if *n > 0 => Limit::Fixed(*n as usize),
+            RawMaxInFlight::Adaptive { adaptive }
+                if adaptive.min > 0 && adaptive.min <= adaptive.max =>
+            {
+                Limit::Adaptive {
+                    min: adaptive.min as usize,
+                    max: adaptive.max as usize,
+                }
+            }
+            _ => {
+                self.err(
+                    format!("{path}.max_in_flight"),
+                    "must be a number greater than 0, or { adaptive: { min, max } } with 0 < min <= max",
+                );
+                return None;
+            }
+        };
+        if c.queue_ms == 0 || c.max_queued == 0 || c.max_queued_per_tenant == 0 {
+            self.err(
+                path,
+                "queue_ms, max_queued and max_queued_per_tenant must be greater than 0",
+            );
+            return None;
+        }
+        Some(CapacitySettings {
+            limit,
+            queue: Duration::from_millis(c.queue_ms),
+            max_queued_per_tenant: c.max_queued_per_tenant as usize,
+            max_queued: c.max_queued as usize,
+        })
     }
 
     fn endpoint(&mut self, e: &str) -> Result<Endpoint, String> {

@@ -94,6 +94,13 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: String,
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz` (for scrapers).
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
+    /// A file holding the bearer token that `POST` endpoints, `/stats`, `/dashboard` and
+    /// `/config` require; absent = no token (loopback-only admin).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Connection-level defences; the defaults are SPEC's.
@@ -361,6 +368,9 @@ pub struct RawPlan {
     pub queue_ms: Option<u64>,
     #[serde(default)]
     pub quota: Option<RawQuota>,
+    /// Share of a saturated pool's capacity (`upstreams.<pool>.capacity`); default 1.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -390,6 +400,50 @@ pub struct RawUpstream {
     /// The `signing.keys[].id` that signs this pool's requests; default `signing.active_key`.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// Fair share of the pool between tenants at saturation; absent = unlimited.
+    #[serde(default)]
+    pub capacity: Option<RawCapacity>,
+}
+
+/// `capacity: { max_in_flight: 64, queue_ms: 1000 }` (or `max_in_flight: { adaptive: { min, max } }`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapacity {
+    pub max_in_flight: RawMaxInFlight,
+    #[serde(default = "default_queue_ms")]
+    pub queue_ms: u64,
+    /// Waiting requests one tenant may have in this pool's queue; more are shed at once.
+    #[serde(default = "default_max_queued_per_tenant")]
+    pub max_queued_per_tenant: u32,
+    /// Waiting requests in this pool's queue, all tenants together.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u32,
+}
+
+fn default_queue_ms() -> u64 {
+    1_000
+}
+
+fn default_max_queued_per_tenant() -> u32 {
+    1_024
+}
+
+fn default_max_queued() -> u32 {
+    16_384
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMaxInFlight {
+    Fixed(u32),
+    Adaptive { adaptive: RawAdaptive },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub min: u32,
+    pub max: u32,
 }
 
 fn yes() -> bool {
@@ -475,6 +529,7 @@ pub struct RawTenant {
     /// DNS or URI SANs of client certificates that identify this tenant (`client_cert` source).
     #[serde(default)]
     pub client_cert_sans: Vec<String>,
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
