@@ -353,6 +353,11 @@ async fn route(
                 crate::signing::jwks(snap.signing.keys.iter().map(|k| &**k)),
             )
         }
+        (&Method::GET, p) if crate::usage::usage_route(p).is_some() => {
+            let id = crate::usage::usage_route(p).unwrap_or_default();
+            let (status, body) = crate::usage::tenant_usage(gw, id).await;
+            json(status, body)
+        }
         (&Method::POST, "/reload") => {
             let g = gw.clone();
             match tokio::task::spawn_blocking(move || g.reload()).await {

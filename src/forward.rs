@@ -64,7 +64,8 @@ pub fn rewrite_request_head(
     let names = &snap.signing.names;
     names.strip_client_copies(headers);
 
-    headers.insert(forwarding::X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+    let client = crate::proxy_protocol::client_ip(&snap.trusted_proxies, conn, headers);
+    headers.insert(forwarding::X_FORWARDED_FOR.clone(), client);
     headers.insert(
         forwarding::X_FORWARDED_PROTO.clone(),
         if conn.tls {
@@ -164,7 +165,7 @@ pub async fn forward(
     let bodiless = body.is_end_stream();
     let cut = Arc::new(AtomicU8::new(CUT_NONE));
     let body = body::stream(RequestBody {
-        inner: body,
+        inner: crate::usage::Counted::request(body, fwd.tenant.stats.clone()),
         remaining: limits.max_body_bytes.unwrap_or(u64::MAX),
         stall: StallTimer::new(snap.limits.body_timeout),
         cut: cut.clone(),

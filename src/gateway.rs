@@ -44,6 +44,10 @@ pub struct Gateway {
     pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
     /// Open connections per client IP, for `limits.max_connections_per_ip`.
     pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
+    /// Quota counts and usage periods per tenant; outlives reloads.
+    meter: Arc<crate::quota::Meter>,
+    /// `usage.export`, made at start from the first config (changes take effect on restart).
+    exporter: Option<Arc<crate::usage::Exporter>>,
 }
 
 impl Gateway {
@@ -63,8 +67,14 @@ impl Gateway {
                 .map_err(|e| tracing::error!(error = %e, "rate-limit store unavailable"))
                 .ok()
         });
+        let meter = Arc::new(crate::quota::Meter::new(snapshot.usage.state_file.clone()));
+        let export = snapshot.usage.export.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let exporter =
+            export.map(|e| crate::usage::Exporter::new(e, snapshot.clone(), meter.clone()));
         Arc::new(Self {
+            meter,
+            exporter,
             metrics: Metrics::new(snapshot.clone()),
             draining: AtomicBool::new(false),
             store,
@@ -125,6 +135,22 @@ impl Gateway {
         self.store.as_deref()
     }
 
+    /// The quota and usage meter (its clock can be pinned in tests).
+    pub fn meter(&self) -> &crate::quota::Meter {
+        &self.meter
+    }
+
+    /// Exports the usage of the interval in progress and writes the state file (shutdown,
+    /// tests).
+    pub fn flush_usage(&self) {
+        if let Some(e) = &self.exporter
+            && let Err(err) = e.flush()
+        {
+            tracing::warn!(error = %err, "usage export failed");
+        }
+        crate::usage::save_state(&self.meter, &self.snapshot);
+    }
+
     /// True once shutdown has begun: `/readyz` answers 503.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -164,6 +190,9 @@ impl Gateway {
         match result {
             Ok(next) => {
                 let current = self.snapshot.load();
+                if next.usage != current.usage {
+                    tracing::warn!("usage settings (state file, export) take effect on restart");
+                }
                 if next.cluster != current.cluster {
                     tracing::warn!("cluster store changes take effect on restart");
                 }
@@ -236,6 +265,7 @@ impl Gateway {
                     tls: spec.tls.then(|| tls.clone()),
                     gateway: self.clone(),
                     connections: connections.clone(),
+                    proxy_protocol: spec.proxy_protocol,
                 },
                 shutdown_rx.clone(),
             ));
@@ -261,7 +291,19 @@ impl Gateway {
             tasks.spawn(admin::run_metrics(listener, self.clone(), admin_rx));
             admin_tasks += 1;
         }
+        let mut usage_tasks = Vec::new();
+        if let Some(e) = &self.exporter {
+            usage_tasks.push(tokio::spawn(e.clone().run()));
+        }
+        if self.meter.has_state_file() {
+            usage_tasks.push(tokio::spawn(crate::usage::save_state_every(
+                self.meter.clone(),
+                self.snapshot_cell(),
+                snap.usage.state_interval,
+            )));
+        }
         Ok(Running {
+            usage_tasks,
             listeners,
             admin_tasks,
             shutdown: shutdown_tx,
@@ -281,6 +323,8 @@ pub struct Running {
     admin_shutdown: watch::Sender<bool>,
     gateway: Arc<Gateway>,
     tasks: JoinSet<()>,
+    /// The usage exporter and state-file writer; flushed once more after the drain.
+    usage_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -312,5 +356,10 @@ impl Running {
                 admin_closed = true;
             }
         }
+        for t in self.usage_tasks.drain(..) {
+            t.abort();
+        }
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gw.flush_usage()).await;
     }
 }

@@ -51,6 +51,14 @@ pub struct Snapshot {
     /// API keys by SHA-256, when `apikey:` is configured.
     pub apikeys: Option<ApiKeys>,
     pub access_log: bool,
+    /// `usage:` (state file, export); read by the gateway at start.
+    pub usage: crate::usage::UsageSettings,
+    /// `trusted_proxies`: peers whose PROXY header or `x-forwarded-for` names the client.
+    pub trusted_proxies: crate::proxy_protocol::TrustedProxies,
+    /// `tls.client_auth`, when configured.
+    pub client_auth: Option<crate::client_auth::ClientAuth>,
+    /// Client certificate SAN (DNS or URI) → tenant, from tenants' `client_cert_sans`.
+    pub client_cert_sans: HashMap<Box<str>, TenantId>,
     /// `cluster.rate_limit_store.redis`, when configured.
     pub cluster: Option<crate::cluster::RedisSettings>,
     /// Files this snapshot was compiled from (certificates, keys, JWKS), for the file watcher.
@@ -119,6 +127,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub tls: bool,
+    /// `proxy_protocol`: a PROXY v1/v2 header from a trusted peer precedes everything.
+    pub proxy_protocol: bool,
 }
 
 /// Connection-level defences (SPEC `limits`).
@@ -153,6 +163,7 @@ pub struct Sources {
     pub host: bool,
     pub token: bool,
     pub apikey: bool,
+    pub client_cert: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +182,8 @@ pub struct TenantLimits {
     pub max_body_bytes: Option<u64>,
     /// How long a request may wait for a concurrency slot; `None`: refuse at once.
     pub queue: Option<Duration>,
+    /// Requests per UTC calendar period.
+    pub quota: Option<crate::quota::QuotaSpec>,
     /// Share of a saturated pool (`weight`, default 1).
     pub weight: u32,
 }

@@ -97,6 +97,10 @@ pub fn compile_with(
         certs.add(&cert);
     }
 
+    let identity = crate::client_auth::compile_edge(&mut c.errors, raw, &listeners);
+    c.files.extend(identity.files.iter().cloned());
+    let usage = crate::usage::compile(&mut c.errors, raw.usage.as_ref());
+    let mut client_cert_sans: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut hosts: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut host_owner: HashMap<Box<str>, String> = HashMap::new();
@@ -170,6 +174,14 @@ pub fn compile_with(
                 ),
             }
         }
+        crate::client_auth::claim_sans(
+            &mut c.errors,
+            &mut client_cert_sans,
+            &path,
+            &t.client_cert_sans,
+            id,
+            identity.client_auth.is_some(),
+        );
         tenant_ids.insert(name.as_str().into(), id);
         tenants.push(Tenant {
             name: name.as_str().into(),
@@ -280,6 +292,10 @@ pub fn compile_with(
             token,
             apikeys,
             access_log: raw.access_log,
+            usage,
+            trusted_proxies: identity.trusted_proxies,
+            client_auth: identity.client_auth,
+            client_cert_sans,
             cluster,
             files: c
                 .certs_by_path
@@ -350,6 +366,7 @@ struct PlanFields {
     request_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     queue_ms: Option<u64>,
+    quota: Option<RawQuota>,
     weight: Option<u32>,
 }
 
@@ -397,6 +414,7 @@ impl Compiler<'_> {
                     name: l.name.clone(),
                     bind,
                     tls: l.tls,
+                    proxy_protocol: l.proxy_protocol,
                 });
             }
         }
@@ -462,6 +480,7 @@ impl Compiler<'_> {
                 RawSource::Host => s.host = true,
                 RawSource::Token => s.token = true,
                 RawSource::Apikey => s.apikey = true,
+                RawSource::ClientCert => s.client_cert = true,
             }
         }
         if raw.tenancy.sources.is_empty() {
@@ -654,6 +673,18 @@ impl Compiler<'_> {
         )
     }
 
+    fn quota(&mut self, path: &str, q: Option<RawQuota>) -> Option<crate::quota::QuotaSpec> {
+        let q = q?;
+        if q.requests == 0 {
+            self.err(format!("{path}.requests"), "must be greater than 0");
+            return None;
+        }
+        Some(crate::quota::QuotaSpec {
+            requests: q.requests,
+            period: q.period,
+        })
+    }
+
     fn rate(&mut self, path: &str, r: Option<RawRate>) -> Option<Rate> {
         let r = r?;
         if r.per_second == 0 || r.burst == 0 {
@@ -682,6 +713,7 @@ impl Compiler<'_> {
                         request_ms: t.request_ms,
                         max_body_bytes: p.max_body_bytes,
                         queue_ms: p.queue_ms,
+                        quota: p.quota,
                         weight: p.weight,
                     },
                 )
@@ -724,6 +756,7 @@ impl Compiler<'_> {
                 .or(plan.queue_ms)
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
+            quota: self.quota(&format!("{path}.quota"), t.quota.or(plan.quota)),
             weight: weight.clamp(1, 1_000),
         }
     }
@@ -952,7 +985,7 @@ impl Compiler<'_> {
                 let missing = match req {
                     RawSource::Token => config.token.is_none(),
                     RawSource::Apikey => config.apikey.is_none(),
-                    RawSource::Sni | RawSource::Host => false,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert => false,
                 };
                 if missing {
                     self.err(
@@ -960,7 +993,10 @@ impl Compiler<'_> {
                         format!("{req:?} is required here but not configured").to_lowercase(),
                     );
                 }
-                if matches!(req, RawSource::Sni | RawSource::Host) {
+                if matches!(
+                    req,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert
+                ) {
                     self.err(
                         format!("{rpath}.require[{j}]"),
                         "only token and apikey can be required by a route",
