@@ -60,8 +60,8 @@ impl RemoteJwks {
         tls: Arc<UpstreamTls>,
         cache: Arc<crate::token::TokenCache>,
         startup_wait: Duration,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             url,
             keys: ArcSwap::from_pointee(HashMap::new()),
             base,
@@ -75,7 +75,7 @@ impl RemoteJwks {
             created: Instant::now(),
             startup_wait,
             grace_logged: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 
     /// True once a fetch succeeded, or the start-up grace is over (logged loudly, once).
@@ -161,22 +161,31 @@ impl RemoteJwks {
 }
 
 async fn fetch_loop(jwks: Arc<RemoteJwks>) {
+    let mut failures = 0u32;
     loop {
-        match jwks.fetch_once().await {
-            Ok(n) => tracing::info!(url = %jwks.url, keys = n, "JWKS fetched"),
-            Err(e) => {
-                tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the last good set")
+        let wait = match jwks.fetch_once().await {
+            Ok(n) => {
+                tracing::info!(url = %jwks.url, keys = n, "JWKS fetched");
+                failures = 0;
+                REFRESH_EVERY
             }
-        }
-        // Until the next period or an unknown-kid wake-up; stop once no snapshot uses the set.
-        let next = Instant::now() + REFRESH_EVERY;
+            Err(e) => {
+                tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the last good set");
+                // Retry soon (1, 2, 4 … 30 s): a gateway waiting for its first set is not ready.
+                failures = failures.saturating_add(1);
+                Duration::from_secs(1u64 << failures.min(5).saturating_sub(1))
+                    .min(Duration::from_secs(30))
+            }
+        };
+        // Until the next attempt or an unknown-kid wake-up; stop once no snapshot uses the set.
+        let next = Instant::now() + wait;
         loop {
             if Arc::strong_count(&jwks) == 1 {
                 return;
             }
             tokio::select! {
                 _ = jwks.wake.notified() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
                     if Instant::now() >= next {
                         break;
                     }

@@ -64,12 +64,6 @@ pub type EndpointKey = (Box<str>, String, Option<String>);
 /// What identifies a pooled client: connect timeout, HTTP/2 prior knowledge, TLS settings.
 pub type ClientKey = (Duration, bool, Option<String>);
 
-/// A token section's verified-token cache and its fetched key set (`jwks_url`).
-pub struct AuthState {
-    pub cache: Arc<TokenCache>,
-    pub remote: Mutex<Option<Arc<crate::jwks::RemoteJwks>>>,
-}
-
 /// Every registry of the running gateway.
 #[derive(Default)]
 pub struct Runtime {
@@ -81,8 +75,10 @@ pub struct Runtime {
     pub pools: Registry<Box<str>, PoolState>,
     pub queues: Registry<Box<str>, FairQueue>,
     pub clients: Registry<ClientKey, UpstreamClient>,
-    /// By a hash of the token section and the key material it names.
-    pub auth: Registry<u64, AuthState>,
+    /// Verified tokens, by a hash of the token section and the key material it names.
+    pub token_caches: Registry<u64, TokenCache>,
+    /// The fetched key set of `jwks_url`, by the same hash.
+    pub jwks: Registry<u64, crate::jwks::RemoteJwks>,
 }
 
 impl Runtime {
@@ -95,7 +91,8 @@ impl Runtime {
         self.pools.prune();
         self.queues.prune();
         self.clients.prune();
-        self.auth.prune();
+        self.token_caches.prune();
+        self.jwks.prune();
     }
 }
 

@@ -1344,31 +1344,26 @@ impl Compiler<'_> {
         }
         let identity =
             u64::from_le_bytes(identity.finish().as_ref()[..8].try_into().unwrap_or([0; 8]));
-        let state = self
+        let cache = self
             .rt
-            .auth
-            .get_or_insert_with(identity, || crate::runtime::AuthState {
-                cache: Arc::new(token::TokenCache::new(token::CACHE_CAPACITY)),
-                remote: std::sync::Mutex::new(None),
-            });
+            .token_caches
+            .get_or_insert_with(identity, || token::TokenCache::new(token::CACHE_CAPACITY));
         let remote = remote_url.zip(remote_tls).map(|(url, tls)| {
-            let mut slot = state.remote.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| {
+            self.rt.jwks.get_or_insert_with(identity, || {
                 crate::jwks::RemoteJwks::new(
                     url,
                     base.clone(),
                     allowed.clone(),
                     Arc::new(tls),
-                    state.cache.clone(),
+                    cache.clone(),
                     Duration::from_millis(t.jwks_startup_wait_ms),
                 )
             })
-            .clone()
         });
         match TokenAuth::new(&t.tenant_claim, allowed, base, keys, jwks, forward) {
             Ok(mut auth) => {
                 auth.remote = remote;
-                auth.share_cache(state.cache.clone());
+                auth.share_cache(cache);
                 Some(auth)
             }
             Err(e) => {
