@@ -20,10 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// An upstream that answers after `delay`, counting requests and the most it served at once.
+/// An upstream that answers after `delay`, recording the most requests it served at once.
 struct Slow {
     addr: SocketAddr,
-    served: Arc<AtomicUsize>,
     max: Arc<AtomicUsize>,
 }
 
@@ -31,21 +30,20 @@ impl Slow {
     async fn start(delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (served, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let max = Arc::new(AtomicUsize::new(0));
         let current = Arc::new(AtomicUsize::new(0));
-        let (s2, m2) = (served.clone(), max.clone());
+        let m2 = max.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (served, max, current) = (s2.clone(), m2.clone(), current.clone());
+                let (max, current) = (m2.clone(), current.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |_req: Request<Incoming>| {
-                        let (served, max, current) = (served.clone(), max.clone(), current.clone());
+                        let (max, current) = (max.clone(), current.clone());
                         async move {
                             let now = current.fetch_add(1, Ordering::SeqCst) + 1;
                             max.fetch_max(now, Ordering::SeqCst);
                             tokio::time::sleep(delay).await;
                             current.fetch_sub(1, Ordering::SeqCst);
-                            served.fetch_add(1, Ordering::SeqCst);
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
                         }
                     });
@@ -55,7 +53,7 @@ impl Slow {
                 });
             }
         });
-        Self { addr, served, max }
+        Self { addr, max }
     }
 
     fn url(&self) -> String {

@@ -654,7 +654,9 @@ async fn a_reload_that_changes_the_audience_applies_to_keys_from_jwks_url() {
     let old_audience = idp_token("idp-1", &keys.ec, &claims("acme", 300));
     assert!(
         eventually(10, || async {
-            h1(http, with_token("acme.gw.test", "/", &old_audience)).await.status
+            h1(http, with_token("acme.gw.test", "/", &old_audience))
+                .await
+                .status
                 == StatusCode::OK
         })
         .await
@@ -673,7 +675,9 @@ async fn a_reload_that_changes_the_audience_applies_to_keys_from_jwks_url() {
     let new_audience = idp_token("idp-1", &keys.ec, &c);
     assert!(
         eventually(10, || async {
-            h1(http, with_token("acme.gw.test", "/", &new_audience)).await.status
+            h1(http, with_token("acme.gw.test", "/", &new_audience))
+                .await
+                .status
                 == StatusCode::OK
         })
         .await
@@ -685,10 +689,9 @@ async fn a_key_withdrawn_by_the_provider_takes_its_cached_tokens_with_it() {
     let env = Env::new();
     let keys = Keys::new();
     let up = Upstream::start("up").await;
-    let provider = idp(
-        json!({ "keys": [jwk("idp-1", &keys.ec), jwk("idp-2", &keys.rotated)] }).to_string(),
-    )
-    .await;
+    let provider =
+        idp(json!({ "keys": [jwk("idp-1", &keys.ec), jwk("idp-2", &keys.rotated)] }).to_string())
+            .await;
     let (_gw, running) = env
         .start(&jwks_url_config(&env, &keys, &up.url(), &provider))
         .await;
@@ -713,14 +716,20 @@ async fn a_key_withdrawn_by_the_provider_takes_its_cached_tokens_with_it() {
     assert!(
         eventually(15, || async {
             h1(http, with_token("acme.gw.test", "/", &unknown)).await;
-            h1(http, with_token("acme.gw.test", "/", &withdrawn)).await.status
+            h1(http, with_token("acme.gw.test", "/", &withdrawn))
+                .await
+                .status
                 == StatusCode::UNAUTHORIZED
         })
         .await,
         "a cached token of a withdrawn key is refused after the refetch"
     );
     let got = h1(http, with_token("acme.gw.test", "/", &kept)).await;
-    assert_eq!(got.status, StatusCode::OK, "the other key's tokens still pass");
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "the other key's tokens still pass"
+    );
 }
 
 #[tokio::test]
