@@ -127,14 +127,17 @@ fn reload(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("signing.key");
     let yaml = config_yaml(10_000, &key);
-    let current =
-        arc_swap::ArcSwap::from_pointee(config::load_bytes(yaml.as_bytes()).expect("config"));
+    // Runtime state looked up by identity, as the gateway's reload does.
+    let rt = tenant_gateway::runtime::Runtime::default();
+    let current = arc_swap::ArcSwap::from_pointee(
+        config::load_bytes_with(yaml.as_bytes(), &rt).expect("config"),
+    );
     let mut g = c.benchmark_group("reload");
     g.sample_size(10);
     g.bench_function("compile_and_swap_10000_tenants", |b| {
         b.iter(|| {
-            let mut next = config::load_bytes(yaml.as_bytes()).expect("config");
-            next.adopt_state(&current.load());
+            let next = config::load_bytes_with(yaml.as_bytes(), &rt).expect("config");
+            next.activate();
             current.store(std::sync::Arc::new(next));
         })
     });

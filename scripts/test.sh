@@ -27,6 +27,6 @@ if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
     (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq python3-cryptography)
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"
 bash middleware/test.sh
 bash deploy/test.sh

@@ -265,18 +265,22 @@ async fn route(
                 Some(s) if s.is_degraded() => "degraded",
                 Some(_) => "ok",
             };
-            let status = if draining {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
+            // Not ready until the identity provider's keys are in (or the grace is over).
+            let jwks = gw.snapshot().jwks_ready();
+            let ready = !draining && jwks;
+            let status = if ready {
                 StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
             };
             json(
                 status,
                 serde_json::json!({
-                    "ready": !draining,
+                    "ready": ready,
                     "config_loaded": true,
                     "listeners_bound": true,
                     "draining": draining,
+                    "jwks_loaded": jwks,
                     "rate_limit_store": store,
                 }),
             )
@@ -348,6 +352,11 @@ async fn route(
                 StatusCode::OK,
                 crate::signing::jwks(snap.signing.keys.iter().map(|k| &**k)),
             )
+        }
+        (&Method::GET, p) if crate::usage::usage_route(p).is_some() => {
+            let id = crate::usage::usage_route(p).unwrap_or_default();
+            let (status, body) = crate::usage::tenant_usage(gw, id).await;
+            json(status, body)
         }
         (&Method::POST, "/reload") => {
             let g = gw.clone();

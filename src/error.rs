@@ -49,6 +49,8 @@ pub enum GatewayError {
     TenantSuspended,
     #[error("over rate limit")]
     RateLimited { retry_after: Duration },
+    #[error("request quota of the period used up")]
+    QuotaExceeded { retry_after: Duration },
     #[error("the shared rate-limit store is unavailable")]
     RateLimitUnavailable,
     #[error("tenant at its concurrency cap")]
@@ -87,6 +89,7 @@ impl GatewayError {
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::TenantSuspended => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TenantOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -116,6 +119,7 @@ impl GatewayError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::TenantSuspended => "tenant_suspended",
             Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::TenantOverloaded { .. } => "tenant_overloaded",
             Self::RateLimitUnavailable => "rate_limit_unavailable",
             Self::BodyTooLarge => "body_too_large",
@@ -144,6 +148,7 @@ impl GatewayError {
             Self::InvalidApiKey => "the API key is not valid",
             Self::TenantSuspended => "the tenant is suspended",
             Self::RateLimited { .. } => "rate limit exceeded",
+            Self::QuotaExceeded { .. } => "request quota for this period used up",
             Self::TenantOverloaded { .. } => "too many concurrent requests for this tenant",
             Self::RateLimitUnavailable => "rate limiting is unavailable; retry shortly",
             Self::BodyTooLarge => "request body exceeds the tenant's limit",
@@ -188,7 +193,9 @@ impl GatewayError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            Self::RateLimited { retry_after } | Self::TenantOverloaded { retry_after } => {
+            Self::RateLimited { retry_after }
+            | Self::QuotaExceeded { retry_after }
+            | Self::TenantOverloaded { retry_after } => {
                 headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
             }
             Self::RateLimitUnavailable | Self::UpstreamSaturated => {
@@ -263,6 +270,11 @@ mod tests {
                 GatewayError::RateLimited { retry_after: d },
                 429,
                 "rate_limited",
+            ),
+            (
+                GatewayError::QuotaExceeded { retry_after: d },
+                429,
+                "quota_exceeded",
             ),
             (
                 GatewayError::TenantOverloaded { retry_after: d },

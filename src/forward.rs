@@ -27,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// What the identity phases learned, for the signed headers.
 pub struct Forwarding<'a> {
@@ -65,7 +64,8 @@ pub fn rewrite_request_head(
     let names = &snap.signing.names;
     names.strip_client_copies(headers);
 
-    headers.insert(forwarding::X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+    let client = crate::proxy_protocol::client_ip(&snap.trusted_proxies, conn, headers);
+    headers.insert(forwarding::X_FORWARDED_FOR.clone(), client);
     headers.insert(
         forwarding::X_FORWARDED_PROTO.clone(),
         if conn.tls {
@@ -118,7 +118,7 @@ pub fn rewrite_request_head(
 /// concurrency slot (if it has a cap), the pool's slot (if it has a capacity) and the
 /// connection's active-request count.
 pub struct Hold {
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<crate::limits::ConcurrencyPermit>,
     /// The pool's fair-share slot, when the pool has a `capacity`.
     pub pool_slot: Option<crate::fairshare::Slot>,
     pub active: ActiveRequest,
@@ -165,7 +165,7 @@ pub async fn forward(
     let bodiless = body.is_end_stream();
     let cut = Arc::new(AtomicU8::new(CUT_NONE));
     let body = body::stream(RequestBody {
-        inner: body,
+        inner: crate::usage::Counted::request(body, fwd.tenant.stats.clone()),
         remaining: limits.max_body_bytes.unwrap_or(u64::MAX),
         stall: StallTimer::new(snap.limits.body_timeout),
         cut: cut.clone(),
@@ -216,8 +216,9 @@ pub async fn forward(
     let resp = loop {
         let result = tokio::time::timeout_at(deadline, client.request(upstream_req)).await;
         match result {
+            // The tenant's own deadline (which also covers a slow upload): never charged to the
+            // endpoint, or one tenant's short `request_ms` would eject a shared endpoint.
             Err(_) => {
-                pool.report(&endpoint, false);
                 TenantStats::bump(&fwd.tenant.stats.timed_out);
                 return Err(GatewayError::UpstreamTimeout);
             }
@@ -228,7 +229,12 @@ pub async fn forward(
             Ok(Err(_)) if cut.load(Ordering::Relaxed) == CUT_STALLED => {
                 return Err(GatewayError::RequestTimeout);
             }
+            // The client's upload broke (it went away mid-body): not the endpoint's failure.
+            Ok(Err(_)) if cut.load(Ordering::Relaxed) == CUT_CLIENT => {
+                return Err(GatewayError::BadRequest("the request body was cut off"));
+            }
             Ok(Err(e)) => {
+                // Refused, reset, or a broken exchange: the endpoint's failure.
                 pool.report(&endpoint, false);
                 let connect = e.is_connect();
                 if connect && is_timeout(&e) && retry.is_none() {
@@ -262,7 +268,7 @@ pub async fn forward(
                 }
             }
             Ok(Ok(resp)) => {
-                pool.report(&endpoint, !resp.status().is_server_error());
+                pool.report(&endpoint, !pool.is_failure(resp.status()));
                 break resp;
             }
         }
@@ -498,6 +504,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 const CUT_NONE: u8 = 0;
 const CUT_TOO_LARGE: u8 = 1;
 const CUT_STALLED: u8 = 2;
+const CUT_CLIENT: u8 = 3;
 
 /// The client's request body on its way upstream. It fails (so the upstream sees a cut-off
 /// body, never a complete one) once more than `remaining` bytes have passed, or when no bytes
@@ -579,7 +586,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Err(e))) => {
+                this.cut.store(CUT_CLIENT, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.stall.poll_stalled(cx) {
                 Poll::Ready(()) => {
                     this.cut.store(CUT_STALLED, Ordering::Relaxed);

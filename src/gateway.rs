@@ -1,5 +1,6 @@
-//! The running gateway's shared state: the current snapshot (one `ArcSwap`), the upstream
-//! client, and the reload path (read → parse → compile → swap; on error keep the old one).
+//! The running gateway's shared state: the current snapshot (one `ArcSwap`), the runtime state
+//! that outlives snapshots, and the reload path (read → parse → compile → swap, one at a time;
+//! on error keep the old one).
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,14 +20,17 @@ use crate::admin;
 use crate::cluster::RedisStore;
 use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 use crate::server;
 use crate::snapshot::Snapshot;
-use crate::upstream::{self, UpstreamClient, UpstreamTls};
 
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Upstream clients by connect timeout, made on first use; they outlive reloads.
-    clients: DashMap<(Duration, bool, Option<String>), UpstreamClient>,
+    /// State that outlives snapshots, by identity (limiters, slots, health, queues, caches).
+    runtime: Arc<Runtime>,
+    /// Serialises reloads: read, compile and swap happen as one, so the file read last is the
+    /// one installed, and its generation says so.
+    reload_lock: Mutex<()>,
     config_path: Option<PathBuf>,
     generation: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
@@ -40,18 +44,37 @@ pub struct Gateway {
     pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
     /// Open connections per client IP, for `limits.max_connections_per_ip`.
     pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
+    /// Quota counts and usage periods per tenant; outlives reloads.
+    meter: Arc<crate::quota::Meter>,
+    /// `usage.export`, made at start from the first config (changes take effect on restart).
+    exporter: Option<Arc<crate::usage::Exporter>>,
 }
 
 impl Gateway {
     /// A gateway serving `snapshot`; `config_path` is what reloads re-read.
     pub fn new(snapshot: Snapshot, config_path: Option<PathBuf>) -> Arc<Self> {
+        Self::with_runtime(snapshot, config_path, Arc::default())
+    }
+
+    /// A gateway serving `snapshot`, compiled against `runtime`.
+    pub fn with_runtime(
+        snapshot: Snapshot,
+        config_path: Option<PathBuf>,
+        runtime: Arc<Runtime>,
+    ) -> Arc<Self> {
         let store = snapshot.cluster.clone().and_then(|settings| {
             RedisStore::new(settings)
                 .map_err(|e| tracing::error!(error = %e, "rate-limit store unavailable"))
                 .ok()
         });
+        let meter = Arc::new(crate::quota::Meter::new(snapshot.usage.state_file.clone()));
+        let export = snapshot.usage.export.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let exporter =
+            export.map(|e| crate::usage::Exporter::new(e, snapshot.clone(), meter.clone()));
         Arc::new(Self {
+            meter,
+            exporter,
             metrics: Metrics::new(snapshot.clone()),
             draining: AtomicBool::new(false),
             store,
@@ -59,7 +82,8 @@ impl Gateway {
             upgraded: Arc::default(),
             per_ip: DashMap::new(),
             snapshot,
-            clients: DashMap::new(),
+            runtime,
+            reload_lock: Mutex::new(()),
             config_path,
             generation: AtomicU64::new(1),
             last_reload_error: Mutex::new(None),
@@ -68,8 +92,19 @@ impl Gateway {
 
     /// Loads and compiles `path`; every error if it does not compile.
     pub fn from_file(path: &Path) -> Result<Arc<Self>, ConfigErrors> {
-        let snapshot = config::load(path)?;
-        Ok(Self::new(snapshot, Some(path.to_path_buf())))
+        let runtime = Arc::new(Runtime::default());
+        let snapshot = config::load_with(path, &runtime)?;
+        snapshot.activate();
+        Ok(Self::with_runtime(
+            snapshot,
+            Some(path.to_path_buf()),
+            runtime,
+        ))
+    }
+
+    /// The runtime state registries (for tools and tests).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// The file reloads re-read.
@@ -86,24 +121,6 @@ impl Gateway {
         self.snapshot.clone()
     }
 
-    /// The pooled client whose connect timeout is `connect_timeout`, speaking HTTP/1.1 or,
-    /// for `h2c://` pools, HTTP/2 with prior knowledge.
-    pub fn client_for(
-        &self,
-        connect_timeout: Duration,
-        h2c: bool,
-        tls: Option<&UpstreamTls>,
-    ) -> UpstreamClient {
-        let key = (connect_timeout, h2c, tls.map(|t| t.fingerprint.clone()));
-        if let Some(c) = self.clients.get(&key) {
-            return c.clone();
-        }
-        self.clients
-            .entry(key)
-            .or_insert_with(|| upstream::client(connect_timeout, h2c, tls))
-            .clone()
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -116,6 +133,22 @@ impl Gateway {
     /// The shared rate-limit store, in cluster mode.
     pub fn rate_limit_store(&self) -> Option<&RedisStore> {
         self.store.as_deref()
+    }
+
+    /// The quota and usage meter (its clock can be pinned in tests).
+    pub fn meter(&self) -> &crate::quota::Meter {
+        &self.meter
+    }
+
+    /// Exports the usage of the interval in progress and writes the state file (shutdown,
+    /// tests).
+    pub fn flush_usage(&self) {
+        if let Some(e) = &self.exporter
+            && let Err(err) = e.flush()
+        {
+            tracing::warn!(error = %err, "usage export failed");
+        }
+        crate::usage::save_state(&self.meter, &self.snapshot);
     }
 
     /// True once shutdown has begun: `/readyz` answers 503.
@@ -143,7 +176,8 @@ impl Gateway {
             .config_path
             .as_deref()
             .ok_or_else(|| ConfigErrors::single("", "no config file to reload from"))?;
-        let result = config::load(path);
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = config::load_with(path, &self.runtime);
         self.install(result)
     }
 
@@ -154,9 +188,11 @@ impl Gateway {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(mut next) => {
+            Ok(next) => {
                 let current = self.snapshot.load();
-                next.adopt_state(&current);
+                if next.usage != current.usage {
+                    tracing::warn!("usage settings (state file, export) take effect on restart");
+                }
                 if next.cluster != current.cluster {
                     tracing::warn!("cluster store changes take effect on restart");
                 }
@@ -179,7 +215,7 @@ impl Gateway {
                 );
                 drop(current);
                 let hash = next.content_hash.clone();
-                next.start_background();
+                next.activate();
                 self.snapshot.store(Arc::new(next));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
@@ -205,7 +241,7 @@ impl Gateway {
     /// Binds every listener of the current snapshot and starts serving.
     pub async fn start(self: &Arc<Self>) -> io::Result<Running> {
         let snap = self.snapshot();
-        snap.start_background();
+        snap.activate();
         let tls = server::tls_acceptor(self.snapshot_cell()).map_err(io::Error::other)?;
         let connections = Arc::new(Semaphore::new(snap.limits.max_connections));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -229,6 +265,7 @@ impl Gateway {
                     tls: spec.tls.then(|| tls.clone()),
                     gateway: self.clone(),
                     connections: connections.clone(),
+                    proxy_protocol: spec.proxy_protocol,
                 },
                 shutdown_rx.clone(),
             ));
@@ -254,7 +291,19 @@ impl Gateway {
             tasks.spawn(admin::run_metrics(listener, self.clone(), admin_rx));
             admin_tasks += 1;
         }
+        let mut usage_tasks = Vec::new();
+        if let Some(e) = &self.exporter {
+            usage_tasks.push(tokio::spawn(e.clone().run()));
+        }
+        if self.meter.has_state_file() {
+            usage_tasks.push(tokio::spawn(crate::usage::save_state_every(
+                self.meter.clone(),
+                self.snapshot_cell(),
+                snap.usage.state_interval,
+            )));
+        }
         Ok(Running {
+            usage_tasks,
             listeners,
             admin_tasks,
             shutdown: shutdown_tx,
@@ -274,6 +323,8 @@ pub struct Running {
     admin_shutdown: watch::Sender<bool>,
     gateway: Arc<Gateway>,
     tasks: JoinSet<()>,
+    /// The usage exporter and state-file writer; flushed once more after the drain.
+    usage_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -305,5 +356,10 @@ impl Running {
                 admin_closed = true;
             }
         }
+        for t in self.usage_tasks.drain(..) {
+            t.abort();
+        }
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gw.flush_usage()).await;
     }
 }

@@ -3,7 +3,11 @@
 //! when a token names an unknown `kid` (at most once per [`crate::token::JWKS_REFRESH_INTERVAL`]),
 //! and the last good set keeps serving while the provider is down or answers garbage.
 //!
-//! The set outlives reloads: a new snapshot with the same URL adopts the running fetcher.
+//! The set is runtime state of its token section (`runtime::AuthState`): a reload that keeps
+//! the section (URL, issuer, audience, leeway, algorithms, keys) keeps the running fetcher; one
+//! that changes any of them gets a new one, with the new validation. A fetch that drops a key
+//! drops the cached tokens verified with it. `/readyz` waits for the first fetch (or the
+//! start-up grace).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,12 @@ pub struct RemoteJwks {
     wake: Notify,
     last_fetch: Mutex<Option<Instant>>,
     started: std::sync::atomic::AtomicBool,
+    /// Verified tokens of this token section, pruned when a key disappears.
+    cache: Arc<crate::token::TokenCache>,
+    fetched: std::sync::atomic::AtomicBool,
+    created: Instant,
+    startup_wait: Duration,
+    grace_logged: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -48,8 +58,10 @@ impl RemoteJwks {
         base: Validation,
         allowed: Vec<Algorithm>,
         tls: Arc<UpstreamTls>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        cache: Arc<crate::token::TokenCache>,
+        startup_wait: Duration,
+    ) -> Self {
+        Self {
             url,
             keys: ArcSwap::from_pointee(HashMap::new()),
             base,
@@ -58,7 +70,27 @@ impl RemoteJwks {
             wake: Notify::new(),
             last_fetch: Mutex::new(None),
             started: std::sync::atomic::AtomicBool::new(false),
-        })
+            cache,
+            fetched: std::sync::atomic::AtomicBool::new(false),
+            created: Instant::now(),
+            startup_wait,
+            grace_logged: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// True once a fetch succeeded, or the start-up grace is over (logged loudly, once).
+    pub fn is_ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.fetched.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.created.elapsed() < self.startup_wait {
+            return false;
+        }
+        if !self.grace_logged.swap(true, Ordering::AcqRel) {
+            tracing::error!(url = %self.url, wait_ms = self.startup_wait.as_millis() as u64, "JWKS not fetched within token.jwks_startup_wait_ms; ready anyway, tokens signed by the identity provider are refused until it answers");
+        }
+        true
     }
 
     /// Asks the fetcher for a fresh set (an unknown `kid` was seen); rate-limited.
@@ -112,28 +144,48 @@ impl RemoteJwks {
         let text = std::str::from_utf8(&body).map_err(|_| "not UTF-8".to_owned())?;
         let keys = jwks_keys(text, &self.base, &self.allowed)?;
         let n = keys.len();
+        let gone: std::collections::HashSet<String> = self
+            .keys
+            .load()
+            .keys()
+            .filter(|k| !keys.contains_key(*k))
+            .cloned()
+            .collect();
         self.keys.store(Arc::new(keys));
+        // A key withdrawn by the provider takes the tokens it verified with it.
+        self.cache.forget_kids(&gone);
+        self.fetched
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(n)
     }
 }
 
 async fn fetch_loop(jwks: Arc<RemoteJwks>) {
+    let mut failures = 0u32;
     loop {
-        match jwks.fetch_once().await {
-            Ok(n) => tracing::info!(url = %jwks.url, keys = n, "JWKS fetched"),
-            Err(e) => {
-                tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the last good set")
+        let wait = match jwks.fetch_once().await {
+            Ok(n) => {
+                tracing::info!(url = %jwks.url, keys = n, "JWKS fetched");
+                failures = 0;
+                REFRESH_EVERY
             }
-        }
-        // Until the next period or an unknown-kid wake-up; stop once no snapshot uses the set.
-        let next = Instant::now() + REFRESH_EVERY;
+            Err(e) => {
+                tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the last good set");
+                // Retry soon (1, 2, 4 … 30 s): a gateway waiting for its first set is not ready.
+                failures = failures.saturating_add(1);
+                Duration::from_secs(1u64 << failures.min(5).saturating_sub(1))
+                    .min(Duration::from_secs(30))
+            }
+        };
+        // Until the next attempt or an unknown-kid wake-up; stop once no snapshot uses the set.
+        let next = Instant::now() + wait;
         loop {
             if Arc::strong_count(&jwks) == 1 {
                 return;
             }
             tokio::select! {
                 _ = jwks.wake.notified() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
                     if Instant::now() >= next {
                         break;
                     }

@@ -5,6 +5,8 @@
 //! - [`config`]: the YAML file (`config::raw`) and its compilation into a [`snapshot::Snapshot`],
 //!   collecting every error with its YAML path.
 //! - [`snapshot`]: the compiled, immutable config a request runs against.
+//! - [`runtime`]: state that outlives snapshots (limiters, slots, counters, endpoint health,
+//!   queues, clients, token caches), in registries keyed by identity.
 //! - [`gateway`]: shared state (one `ArcSwap<Snapshot>`, the upstream client), reload, start.
 //! - [`server`]: listeners, connection cap, TLS handshake, HTTP/1.1 + HTTP/2, graceful drain.
 //! - [`tls`]: certificate loading and SNI-based certificate selection.
@@ -12,6 +14,9 @@
 //!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
 //!   [`limits`] (admit) → [`forward`] (strip, sign, send).
 //! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
+//! - [`quota`], [`usage`]: calendar quotas and the usage meter; `/tenants/<id>/usage`, export.
+//! - [`client_auth`], [`proxy_protocol`]: client certificates (mTLS), the real client address
+//!   (`trusted_proxies`, PROXY protocol, `x-forwarded-for`).
 //! - [`stats`]: the `/stats` JSON the admin `/dashboard` page refreshes from.
 //! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
 //! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
@@ -24,6 +29,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod client_auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -39,7 +45,10 @@ pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod quota;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod signing;
 pub mod snapshot;
@@ -48,6 +57,7 @@ pub mod tenant;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod usage;
 pub mod watch;
 
 pub use error::GatewayError;

@@ -54,6 +54,20 @@ enum Command {
         #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
         config: PathBuf,
     },
+    /// Sum a usage export file (`usage.export`) per tenant.
+    Usage {
+        /// Intervals starting at or after this time: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        since: String,
+        /// The export file [default: usage.export.path of --config].
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, env = "GATEWAY_CONFIG", default_value = "config/gateway.yaml")]
+        config: PathBuf,
+        /// One JSON object per tenant instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Demo upstreams, dev certificates and config/demo.yaml, with curl lines to try.
     Demo {
         #[arg(long, default_value = "config/demo.yaml")]
@@ -76,6 +90,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config, explain } => return check(&config, explain),
         Command::SigningKeys { config } => return signing_keys(&config),
+        Command::Usage {
+            since,
+            file,
+            config,
+            json,
+        } => usage(&since, file, &config, json),
         Command::DevCerts {
             out,
             domain,
@@ -196,6 +216,57 @@ fn signing_keys(path: &Path) -> ExitCode {
         }
         Err(errors) => print_errors(path, &errors),
     }
+}
+
+/// `usage --since`: totals per tenant from an export file.
+fn usage(since: &str, file: Option<PathBuf>, config: &Path, json: bool) -> anyhow::Result<()> {
+    use tenant_gateway::usage;
+    let since = usage::parse_since(since).map_err(anyhow::Error::msg)?;
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let text = config::read_text(config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let raw = config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            raw.usage
+                .and_then(|u| u.export)
+                .map(|e| e.path)
+                .context("no --file and no usage.export.path in the config")?
+        }
+    };
+    let (totals, bad) = usage::sum_export_file(&file, since)
+        .with_context(|| format!("reading {}", file.display()))?;
+    if bad > 0 {
+        eprintln!("{}: {bad} unreadable line(s) skipped", file.display());
+    }
+    if json {
+        for (tenant, t) in &totals {
+            let mut v = serde_json::to_value(t)?;
+            v["tenant"] = serde_json::Value::from(tenant.as_str());
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>14} {:>14}",
+        "tenant", "requests", "1xx", "2xx", "3xx", "4xx", "5xx", "bytes_in", "bytes_out"
+    );
+    for (tenant, t) in &totals {
+        let c = |k: &str| t.by_status.get(k).copied().unwrap_or(0);
+        println!(
+            "{:<24} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>14} {:>14}",
+            tenant,
+            t.requests,
+            c("1xx"),
+            c("2xx"),
+            c("3xx"),
+            c("4xx"),
+            c("5xx"),
+            t.bytes_in,
+            t.bytes_out
+        );
+    }
+    Ok(())
 }
 
 fn dev_certs(out: &Path, domain: &str, tenants: &[String]) -> anyhow::Result<()> {

@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Connections closed by the gateway before or between requests, by reason.
     pub connections_closed: Family<Labels, Counter>,
     pub upstream_errors: Family<Labels, Counter>,
+    /// Client certificates refused in the handshake, by reason.
+    pub client_cert_failures: Family<Labels, Counter>,
     pub reloads: Family<Labels, Counter>,
     pub config_generation: Gauge,
     /// 1 while the last reload was refused (the previous config is serving); 0 after a good one.
@@ -90,6 +92,12 @@ impl Metrics {
         let connections_closed = Family::<Labels, Counter>::default();
         let upstream_errors = Family::<Labels, Counter>::default();
         let reloads = Family::<Labels, Counter>::default();
+        let client_cert_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "client_cert_failures",
+            "Client certificates refused in the TLS handshake, by reason (no_certificate, expired, unknown_ca, ...)",
+            client_cert_failures.clone(),
+        );
         let config_generation = Gauge::default();
         let store_degraded = Gauge::default();
         let last_reload_failed = Gauge::default();
@@ -166,6 +174,7 @@ impl Metrics {
             tls_handshake_failures,
             connections_closed,
             upstream_errors,
+            client_cert_failures,
             reloads,
             config_generation,
             last_reload_failed,
@@ -301,7 +310,7 @@ fn encode_saturation(
         (
             "tenant_concurrency_limit",
             "The tenant's max_concurrent (tenants that have one)",
-            |c| i64::from(c.max),
+            |c| i64::from(c.max()),
         ),
     ];
     for (metric, help, get) in caps {

@@ -41,6 +41,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name, lower-case, if the client sent one.
     pub sni: Option<Box<str>>,
+    /// The TCP peer (a trusted load balancer) when a PROXY header named `remote`.
+    pub proxied_by: Option<SocketAddr>,
+    /// DNS and URI SANs of the client certificate the TLS handshake verified.
+    pub client_sans: Box<[Box<str>]>,
     /// When the connection was accepted (the idle clock's origin).
     opened: Instant,
     /// Requests in progress (until their response body has been sent).
@@ -72,6 +76,8 @@ impl ConnInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             tls,
             sni: sni.map(|s| s.to_ascii_lowercase().into()),
+            proxied_by: None,
+            client_sans: Box::default(),
             opened: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -83,6 +89,18 @@ impl ConnInfo {
     /// Keeps `slot` until the connection info is dropped.
     pub fn holding(mut self, slot: Box<dyn std::any::Any + Send + Sync>) -> Self {
         self._holds = Some(slot);
+        self
+    }
+
+    /// The connection came through a PROXY header from `peer`.
+    pub fn proxied_by(mut self, peer: Option<SocketAddr>) -> Self {
+        self.proxied_by = peer;
+        self
+    }
+
+    /// The SANs of the client certificate the handshake verified.
+    pub fn with_client_sans(mut self, sans: Vec<Box<str>>) -> Self {
+        self.client_sans = sans.into();
         self
     }
 
@@ -127,6 +145,8 @@ impl Drop for ActiveRequest {
 #[derive(Default)]
 pub struct Outcome {
     pub ratelimit: Option<RateLimitHeaders>,
+    /// The `"quota"` policy's headers, listed after the per-second policy's.
+    pub quota: Option<RateLimitHeaders>,
     pub tenant: Option<TenantId>,
     pub sources: Option<SourceSet>,
     pub route: Option<Box<str>>,
@@ -144,6 +164,9 @@ pub async fn handle(
     let request_id = forwarding::request_id(req.headers().get(&forwarding::X_REQUEST_ID));
     let method = req.method().clone();
     let path = snap.access_log.then(|| req.uri().path().to_owned());
+    let client = snap
+        .access_log
+        .then(|| crate::proxy_protocol::client_ip(&snap.trusted_proxies, &conn, req.headers()));
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -189,12 +212,19 @@ pub async fn handle(
         headers.insert(limits::RATELIMIT_POLICY.clone(), policy);
         headers.insert(limits::RATELIMIT.clone(), state);
     }
+    if let Some((policy, state)) = out.quota.take() {
+        crate::quota::append_policy(headers, &limits::RATELIMIT_POLICY, policy);
+        crate::quota::append_policy(headers, &limits::RATELIMIT, state);
+    }
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     let tenant = out.tenant.map(|id| snap.tenant(id));
     match tenant {
         Some(t) => t.stats.responses.observe(status, elapsed),
         None => gw.metrics().unknown.responses.observe(status, elapsed),
+    }
+    if let Some(t) = tenant {
+        resp = crate::usage::count_response(resp, t.stats.clone());
     }
     if let Some(path) = path {
         let bytes = resp
@@ -206,6 +236,7 @@ pub async fn handle(
             target: "access",
             request_id = request_id.to_str().unwrap_or(""),
             remote = %conn.remote,
+            client = client.as_ref().and_then(|c| c.to_str().ok()).unwrap_or(""),
             tls = conn.tls,
             method = %method,
             path = %path,
@@ -242,6 +273,7 @@ async fn run_phases(
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
     let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
+    let by_conn = crate::client_auth::join_cert(snap, &conn.client_sans, by_conn)?;
     // authenticate token (and API key)
     let claims = match (&snap.token, TokenAuth::bearer(req.headers())?) {
         (Some(auth), Some(token)) => Some(auth.authenticate(token, unix_now())?),
@@ -273,7 +305,14 @@ async fn run_phases(
         return Err(GatewayError::InvalidApiKey);
     }
     // admit (limits)
-    let admission = admit(tenant, gw.rate_limit_store(), &mut out.ratelimit).await?;
+    let admission = admit(
+        tenant,
+        gw.rate_limit_store(),
+        gw.meter(),
+        &mut out.ratelimit,
+        &mut out.quota,
+    )
+    .await?;
     // forward
     let fwd = Forwarding {
         tenant,
@@ -283,12 +322,7 @@ async fn run_phases(
         request_id,
         signer: route.upstream.signer.as_ref(),
     };
-    let h2c = route.upstream.endpoints().first().is_some_and(|e| e.h2c);
-    let client = gw.client_for(
-        tenant.limits.connect_timeout,
-        h2c,
-        route.upstream.tls.as_deref(),
-    );
+    let client = tenant.clients.for_pool(&route.upstream);
     // fair share of the pool (only pools with a `capacity`)
     let pool_slot = match route.upstream.capacity() {
         None => None,
@@ -311,7 +345,7 @@ async fn run_phases(
         pool_slot,
         active,
     };
-    forward(gw, &client, snap, conn, &fwd, route, req, hold).await
+    forward(gw, client, snap, conn, &fwd, route, req, hold).await
 }
 
 /// Normalises the request target in place (SPEC "Request normalisation"): origin-form only

@@ -34,6 +34,8 @@ pub struct ListenerCtx {
     pub gateway: Arc<Gateway>,
     /// Global cap shared by all listeners (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// `listeners[].proxy_protocol`: a PROXY header from a trusted peer comes first.
+    pub proxy_protocol: bool,
 }
 
 /// Serves `listener` until `shutdown` turns true, then drains within `limits.shutdown_grace_ms`.
@@ -174,13 +176,29 @@ async fn idle(conn: &ConnInfo, limit: std::time::Duration) {
 
 async fn serve_connection(
     ctx: Arc<ListenerCtx>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let limits = ctx.gateway.snapshot().limits;
     let metrics = ctx.gateway.metrics();
+    // PROXY protocol: the client is who the trusted balancer says (before the per-IP cap).
+    let (remote, proxied_by) = if ctx.proxy_protocol {
+        let trusted = ctx.gateway.snapshot().trusted_proxies.clone();
+        match crate::proxy_protocol::accept(&mut stream, remote, &trusted, limits.header_timeout)
+            .await
+        {
+            Ok(client) => (client.unwrap_or(remote), Some(remote)),
+            Err(refused) => {
+                tracing::debug!(%remote, reason = refused.as_str(), "PROXY header refused; closing");
+                Metrics::count(&metrics.connections_closed, "reason", refused.as_str());
+                return;
+            }
+        }
+    } else {
+        (remote, None)
+    };
     let Some(slot) = ConnSlot::take(
         ctx.gateway.clone(),
         remote.ip(),
@@ -208,7 +226,11 @@ async fn serve_connection(
                 Metrics::count(&metrics.connections_closed, "reason", "first_byte_timeout");
                 return;
             }
-            let conn = Arc::new(ConnInfo::new(remote, false, None).holding(slot));
+            let conn = Arc::new(
+                ConnInfo::new(remote, false, None)
+                    .proxied_by(proxied_by)
+                    .holding(slot),
+            );
             serve(&builder, stream, conn, gw, watcher, limits.idle_timeout).await
         }
         Some(acceptor) => {
@@ -218,6 +240,9 @@ async fn serve_connection(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        if let Some(reason) = crate::client_auth::failure_reason(&e) {
+                            Metrics::count(&metrics.client_cert_failures, "reason", reason);
+                        }
                         let reason = match e.kind() {
                             std::io::ErrorKind::InvalidData => "tls_error",
                             std::io::ErrorKind::UnexpectedEof => "client_closed",
@@ -233,7 +258,19 @@ async fn serve_connection(
                     }
                 };
             let sni = tls_stream.get_ref().1.server_name();
-            let conn = Arc::new(ConnInfo::new(remote, true, sni).holding(slot));
+            let sans = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(crate::client_auth::cert_sans)
+                .unwrap_or_default();
+            let conn = Arc::new(
+                ConnInfo::new(remote, true, sni)
+                    .proxied_by(proxied_by)
+                    .with_client_sans(sans)
+                    .holding(slot),
+            );
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 conn.head_scan().disable();
             }

@@ -51,6 +51,14 @@ pub struct Snapshot {
     /// API keys by SHA-256, when `apikey:` is configured.
     pub apikeys: Option<ApiKeys>,
     pub access_log: bool,
+    /// `usage:` (state file, export); read by the gateway at start.
+    pub usage: crate::usage::UsageSettings,
+    /// `trusted_proxies`: peers whose PROXY header or `x-forwarded-for` names the client.
+    pub trusted_proxies: crate::proxy_protocol::TrustedProxies,
+    /// `tls.client_auth`, when configured.
+    pub client_auth: Option<crate::client_auth::ClientAuth>,
+    /// Client certificate SAN (DNS or URI) → tenant, from tenants' `client_cert_sans`.
+    pub client_cert_sans: HashMap<Box<str>, TenantId>,
     /// `cluster.rate_limit_store.redis`, when configured.
     pub cluster: Option<crate::cluster::RedisSettings>,
     /// Files this snapshot was compiled from (certificates, keys, JWKS), for the file watcher.
@@ -77,57 +85,30 @@ impl Snapshot {
         &self.tenants[id as usize]
     }
 
-    /// Carries per-tenant state over from the snapshot being replaced: the same limiter `Arc`
-    /// when the rate is unchanged (no fresh burst on reload), the same concurrency slots when the
-    /// cap is unchanged, and the counters always.
-    pub fn adopt_state(&mut self, old: &Snapshot) {
-        for t in &mut self.tenants {
-            let Some(&oid) = old.tenant_ids.get(&t.name) else {
-                continue;
-            };
-            let o = old.tenant(oid);
-            if let (Some(new), Some(prev)) = (&mut t.limiter, &o.limiter)
-                && new.rate == prev.rate
-            {
-                *new = prev.clone();
-            }
-            if let (Some(new), Some(prev)) = (&mut t.fallback, &o.fallback)
-                && new.rate == prev.rate
-            {
-                *new = prev.clone();
-            }
-            if let (Some(new), Some(prev)) = (&mut t.concurrency, &o.concurrency)
-                && new.max == prev.max
-            {
-                *new = prev.clone();
-            }
-            t.stats = o.stats.clone();
-        }
-        // A pool that stays keeps its fair-share queue: waiters, order and in-flight count.
-        for (name, pool) in &self.upstreams {
-            if let (Some(settings), Some(old)) = (
-                pool.capacity_settings(),
-                old.upstreams.get(name).and_then(|p| p.capacity()),
-            ) {
-                old.reconfigure(settings);
-                pool.adopt_capacity(old);
+    /// Makes this snapshot's limits the live ones, right before it is swapped in: resizes the
+    /// tenants' concurrency caps and the pools' fair-share queues (runtime state shared with the
+    /// snapshot being replaced) and starts the JWKS fetcher. Idempotent.
+    pub fn activate(&self) {
+        for t in &self.tenants {
+            if let (Some(c), Some(max)) = (&t.concurrency, t.limits.max_concurrent) {
+                c.resize(max);
             }
         }
-        // The same jwks_url keeps its fetched set and its fetcher.
-        if let (Some(new), Some(prev)) = (
-            self.token.as_mut().and_then(|t| t.remote.as_mut()),
-            old.token.as_ref().and_then(|t| t.remote.as_ref()),
-        ) && new.url == prev.url
-        {
-            *new = prev.clone();
+        for pool in self.upstreams.values() {
+            pool.activate();
         }
-    }
-
-    /// Starts background work this snapshot needs (the JWKS fetcher); idempotent.
-    pub fn start_background(&self) {
         if let Some(remote) = self.token.as_ref().and_then(|t| t.remote.as_ref()) {
             remote.ensure_started();
         }
+    }
+
+    /// Whether the identity provider's key set (`token.jwks_url`) has been fetched once, or
+    /// the start-up grace (`token.jwks_startup_wait_ms`) is over; true without a `jwks_url`.
+    pub fn jwks_ready(&self) -> bool {
+        self.token
+            .as_ref()
+            .and_then(|t| t.remote.as_ref())
+            .is_none_or(|r| r.is_ready())
     }
 
     /// Number of distinct routes (global plus per-tenant).
@@ -146,6 +127,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub tls: bool,
+    /// `proxy_protocol`: a PROXY v1/v2 header from a trusted peer precedes everything.
+    pub proxy_protocol: bool,
 }
 
 /// Connection-level defences (SPEC `limits`).
@@ -180,6 +163,7 @@ pub struct Sources {
     pub host: bool,
     pub token: bool,
     pub apikey: bool,
+    pub client_cert: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,15 +182,13 @@ pub struct TenantLimits {
     pub max_body_bytes: Option<u64>,
     /// How long a request may wait for a concurrency slot; `None`: refuse at once.
     pub queue: Option<Duration>,
+    /// Requests per UTC calendar period.
+    pub quota: Option<crate::quota::QuotaSpec>,
     /// Share of a saturated pool (`weight`, default 1).
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub per_second: u32,
-    pub burst: u32,
-}
+pub use crate::limits::Rate;
 
 #[derive(Debug)]
 pub struct Tenant {
@@ -223,6 +205,8 @@ pub struct Tenant {
     /// This replica's share of the rate, used while the cluster store cannot answer.
     pub fallback: Option<Arc<TenantLimiter>>,
     pub concurrency: Option<Arc<Concurrency>>,
+    /// The upstream clients of this tenant's connect timeout (shared by tenants with the same).
+    pub clients: Arc<crate::upstream::ClientSet>,
     pub stats: Arc<TenantStats>,
 }
 

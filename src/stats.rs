@@ -275,7 +275,7 @@ fn tenant_json(t: &Tenant, gw: &Gateway, total: u64, rps: f64) -> Value {
         "classes": classes,
         "refused": s.refused.json(),
         "in_flight": t.concurrency.as_ref().map(|c| c.in_use()),
-        "max_concurrent": t.concurrency.as_ref().map(|c| c.max),
+        "max_concurrent": t.concurrency.as_ref().map(|c| c.max()),
         "p50_ms": q.as_ref().map(|q| round2(q[0])),
         "p99_ms": q.as_ref().map(|q| round2(q[1])),
         "quota_left": Value::Null,

@@ -18,6 +18,7 @@ impl SourceSet {
     pub const HOST: u8 = 2;
     pub const TOKEN: u8 = 4;
     pub const APIKEY: u8 = 8;
+    pub const CLIENT_CERT: u8 = 16;
 
     pub fn insert(&mut self, bit: u8) {
         self.0 |= bit;
@@ -29,7 +30,7 @@ impl SourceSet {
 
     /// The same list as text, for logs.
     pub fn as_str(self) -> &'static str {
-        const NAMES: [&str; 16] = [
+        const NAMES: [&str; 32] = [
             "",
             "sni",
             "host",
@@ -46,11 +47,27 @@ impl SourceSet {
             "sni,token,apikey",
             "host,token,apikey",
             "sni,host,token,apikey",
+            "client_cert",
+            "sni,client_cert",
+            "host,client_cert",
+            "sni,host,client_cert",
+            "token,client_cert",
+            "sni,token,client_cert",
+            "host,token,client_cert",
+            "sni,host,token,client_cert",
+            "apikey,client_cert",
+            "sni,apikey,client_cert",
+            "host,apikey,client_cert",
+            "sni,host,apikey,client_cert",
+            "token,apikey,client_cert",
+            "sni,token,apikey,client_cert",
+            "host,token,apikey,client_cert",
+            "sni,host,token,apikey,client_cert",
         ];
-        NAMES[(self.0 & 0xf) as usize]
+        NAMES[(self.0 & 0x1f) as usize]
     }
 
-    /// `sni,host,token,apikey` order, as sent in `x-tenant-source` (no allocation).
+    /// `sni,host,token,apikey,client_cert` order, as sent in `x-tenant-source` (no allocation).
     pub fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(self.as_str())
     }

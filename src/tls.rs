@@ -208,7 +208,9 @@ impl ResolvesServerCert for SnapshotCertResolver {
 pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(crate::client_auth::SnapshotClientVerifier::new(
+            snapshot.clone(),
+        )))
         .with_cert_resolver(Arc::new(SnapshotCertResolver { snapshot }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -360,6 +360,11 @@ impl TokenAuth {
         })
     }
 
+    /// Uses `cache` (the runtime's, shared by every snapshot with this token section).
+    pub fn share_cache(&mut self, cache: Arc<TokenCache>) {
+        self.cache = cache;
+    }
+
     /// Entries in the verified-token cache.
     pub fn cache_len(&self) -> usize {
         self.cache.len()

@@ -1,7 +1,11 @@
-//! Upstream pools: endpoints, balancing, and the pooled HTTP client that forwards to them.
+//! Upstream pools: endpoints, balancing, passive health, and the pooled HTTP client.
 //!
-//! Pools are part of the snapshot (rebuilt on reload); the client and its keep-alive
-//! connections belong to the gateway and survive reloads.
+//! Pools are part of the snapshot (rebuilt on reload); what they learn while serving is
+//! runtime state keyed by identity (`runtime::Runtime`): an endpoint's health and in-flight
+//! count by (pool, endpoint, TLS settings), a pool's cursor by its name, the clients and their
+//! keep-alive connections by (connect timeout, h2c, TLS settings). A reload that keeps an
+//! endpoint keeps its ejection; one that changes a pool's endpoints starts afresh for the
+//! changed ones only.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -28,6 +32,13 @@ pub struct Endpoint {
     pub authority: Authority,
     /// HTTP/2 with prior knowledge (`h2c://`), e.g. gRPC.
     pub h2c: bool,
+    state: Arc<EndpointState>,
+}
+
+/// What an endpoint has shown while serving (runtime state; kept across reloads that keep the
+/// endpoint).
+#[derive(Debug, Default)]
+pub struct EndpointState {
     in_flight: AtomicUsize,
     /// Failures in a row (passive health).
     failures: AtomicU32,
@@ -37,6 +48,13 @@ pub struct Endpoint {
     ejections: AtomicU64,
 }
 
+/// A pool's round-robin cursor and retry count (runtime state, by pool name).
+#[derive(Debug, Default)]
+pub struct PoolState {
+    pub next: AtomicUsize,
+    pub retries: AtomicU64,
+}
+
 /// Milliseconds since the first call: a cheap monotonic clock for ejection deadlines.
 fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -44,37 +62,40 @@ fn clock_ms() -> u64 {
 }
 
 impl Endpoint {
+    /// An endpoint with fresh state.
     pub fn new(scheme: Scheme, authority: Authority) -> Self {
+        Self::with_state(scheme, authority, Arc::default())
+    }
+
+    /// An endpoint whose health and in-flight count live in `state` (from the runtime).
+    pub fn with_state(scheme: Scheme, authority: Authority, state: Arc<EndpointState>) -> Self {
         Self {
             scheme,
             authority,
             h2c: false,
-            in_flight: AtomicUsize::new(0),
-            failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections: AtomicU64::new(0),
+            state,
         }
     }
 
     /// Whether passive health checking has taken this endpoint out of service right now.
     pub fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
+        let until = self.state.ejected_until.load(Ordering::Relaxed);
         until != 0 && clock_ms() < until
     }
 
     /// Requests currently between pick and the end of their response body.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.state.in_flight.load(Ordering::Relaxed)
     }
 
     /// Failures in a row so far (reset by a success or an ejection).
     pub fn failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
+        self.state.failures.load(Ordering::Relaxed)
     }
 
     /// Times this endpoint has been ejected.
     pub fn ejections(&self) -> u64 {
-        self.ejections.load(Ordering::Relaxed)
+        self.state.ejections.load(Ordering::Relaxed)
     }
 }
 
@@ -87,12 +108,18 @@ pub struct UpstreamTls {
     pub fingerprint: String,
 }
 
-/// Passive health checking: `consecutive_failures` in a row eject an endpoint for `ejection`.
+/// Passive health checking (outlier ejection, as Envoy bounds it): `consecutive_failures` the
+/// endpoint caused, in a row, eject it for `ejection`, while no more than
+/// `max_ejection_percent` of the pool is ejected at once (at least one endpoint may be).
 #[derive(Debug, Clone, Copy)]
 pub struct Health {
     /// 0 = never eject.
     pub consecutive_failures: u32,
     pub ejection: Duration,
+    /// Whether a 5xx answer counts as a failure of the endpoint (default: no, it is the
+    /// application's answer).
+    pub count_5xx: bool,
+    pub max_ejection_percent: u32,
 }
 
 impl Default for Health {
@@ -100,6 +127,8 @@ impl Default for Health {
         Self {
             consecutive_failures: 5,
             ejection: Duration::from_secs(30),
+            count_5xx: false,
+            max_ejection_percent: 50,
         }
     }
 }
@@ -114,14 +143,15 @@ pub struct UpstreamPool {
     /// Signs this pool's requests (key, version, audience = the pool's name); `None` in pools
     /// built outside `compile`, which then use the snapshot's default signer.
     pub signer: Option<crate::signing::Signer>,
-    /// `capacity:`: the pool's fair-share queue (runtime state: kept across reloads that keep
-    /// the pool, see `Snapshot::adopt_state`).
-    capacity: arc_swap::ArcSwapOption<crate::fairshare::FairQueue>,
+    /// `capacity:`: the pool's fair-share queue (runtime state, by pool name) and the settings
+    /// this snapshot gives it when it is activated.
+    capacity: Option<(
+        Arc<crate::fairshare::FairQueue>,
+        crate::fairshare::CapacitySettings,
+    )>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
-    next: AtomicUsize,
-    /// Requests sent again on another endpoint (`pick_except` with an endpoint to avoid).
-    retries: AtomicU64,
+    state: Arc<PoolState>,
 }
 
 /// Counts a request against its endpoint until dropped (with the response body).
@@ -130,7 +160,7 @@ pub struct InFlight(Arc<Endpoint>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -142,33 +172,41 @@ impl UpstreamPool {
             health: Health::default(),
             retry_connect_failure: true,
             signer: None,
-            capacity: arc_swap::ArcSwapOption::empty(),
+            capacity: None,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
-            next: AtomicUsize::new(0),
-            retries: AtomicU64::new(0),
+            state: Arc::default(),
         }
     }
 
-    /// Gives the pool a fair-share queue with `settings` (compile time).
-    pub fn set_capacity(&mut self, settings: crate::fairshare::CapacitySettings) {
-        self.capacity =
-            arc_swap::ArcSwapOption::from_pointee(crate::fairshare::FairQueue::new(settings));
+    /// Uses `state` (from the runtime) for the cursor and the retry count.
+    pub fn with_state(mut self, state: Arc<PoolState>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Gives the pool its fair-share queue (from the runtime) and the settings to apply when
+    /// the snapshot is activated.
+    pub fn set_capacity(
+        &mut self,
+        queue: Arc<crate::fairshare::FairQueue>,
+        settings: crate::fairshare::CapacitySettings,
+    ) {
+        self.capacity = Some((queue, settings));
     }
 
     /// The pool's fair-share queue, when it has a `capacity`.
     pub fn capacity(&self) -> Option<Arc<crate::fairshare::FairQueue>> {
-        self.capacity.load_full()
+        self.capacity.as_ref().map(|(q, _)| q.clone())
     }
 
-    /// The settings this pool was compiled with, when it has a `capacity`.
-    pub fn capacity_settings(&self) -> Option<crate::fairshare::CapacitySettings> {
-        self.capacity.load().as_ref().map(|q| q.settings())
-    }
-
-    /// Takes over the queue of the pool this one replaces (reload).
-    pub fn adopt_capacity(&self, queue: Arc<crate::fairshare::FairQueue>) {
-        self.capacity.store(Some(queue));
+    /// Applies this snapshot's `capacity` settings to the (shared) queue.
+    pub fn activate(&self) {
+        if let Some((queue, settings)) = &self.capacity
+            && queue.settings() != *settings
+        {
+            queue.reconfigure(*settings);
+        }
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
@@ -177,7 +215,7 @@ impl UpstreamPool {
 
     /// Requests retried on another endpoint since this pool was compiled.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.state.retries.load(Ordering::Relaxed)
     }
 
     /// Chooses an endpoint and counts the request against it. `None` for an empty pool.
@@ -190,63 +228,147 @@ impl UpstreamPool {
     }
 
     /// Like [`pick`](Self::pick), avoiding `avoid` when another endpoint is in service (retries).
+    ///
+    /// Round robin runs over the endpoints in service only, so an ejected endpoint's turns are
+    /// spread evenly over the rest (not all given to its neighbour).
     pub fn pick_except(&self, avoid: Option<&Endpoint>) -> Option<(Arc<Endpoint>, InFlight)> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
         if avoid.is_some() {
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            self.state.retries.fetch_add(1, Ordering::Relaxed);
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let usable = |e: &Endpoint| !e.is_ejected() && avoid.is_none_or(|a| !std::ptr::eq(a, e));
-        let candidates = (0..n).map(|i| &self.endpoints[(start + i) % n]);
-        let chosen = match self.balance {
-            Balance::RoundRobin => candidates.clone().find(|e| usable(e)),
-            // Least in-flight; ties go round-robin so equal endpoints share the load.
-            Balance::LeastRequests => candidates
-                .clone()
-                .filter(|e| usable(e))
-                .min_by_key(|e| e.in_flight()),
-        }
-        .unwrap_or(&self.endpoints[start]);
-        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        let turn = self.state.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = if n == 1 {
+            &self.endpoints[0]
+        } else {
+            let usable =
+                |e: &Endpoint| !e.is_ejected() && avoid.is_none_or(|a| !std::ptr::eq(a, e));
+            let in_service = self.endpoints.iter().filter(|e| usable(e)).count();
+            if in_service == 0 {
+                // Panic mode: every endpoint is out; better a likely failure than a certain one
+                // (still away from the one that just failed, when there is another).
+                let others = |e: &&Arc<Endpoint>| avoid.is_none_or(|a| !std::ptr::eq(a, &***e));
+                let k = self.endpoints.iter().filter(others).count().max(1);
+                self.endpoints
+                    .iter()
+                    .filter(others)
+                    .nth(turn % k)
+                    .unwrap_or(&self.endpoints[turn % n])
+            } else {
+                match self.balance {
+                    Balance::RoundRobin => self
+                        .endpoints
+                        .iter()
+                        .filter(|e| usable(e))
+                        .nth(turn % in_service)
+                        .unwrap_or(&self.endpoints[turn % n]),
+                    // Least in-flight; ties go round-robin so equal endpoints share the load.
+                    Balance::LeastRequests => {
+                        let start = turn % n;
+                        (0..n)
+                            .map(|i| &self.endpoints[(start + i) % n])
+                            .filter(|e| usable(e))
+                            .min_by_key(|e| e.in_flight())
+                            .unwrap_or(&self.endpoints[start])
+                    }
+                }
+            }
+        };
+        chosen.state.in_flight.fetch_add(1, Ordering::Relaxed);
         Some((chosen.clone(), InFlight(chosen.clone())))
     }
 
-    /// Records how an exchange with `endpoint` went (passive health). A failure is a connect
-    /// error, a reset, a timeout or a 5xx answer; `consecutive_failures` of them in a row eject
-    /// the endpoint for `health.ejection`. A success puts the count back to zero.
+    /// Records how an exchange with `endpoint` went (passive health). Only failures the
+    /// endpoint caused count: a refused or reset connection, a broken exchange, a 5xx answer
+    /// when `count_5xx` is on. A tenant's own deadline or a client's stalled upload never
+    /// reaches here. `consecutive_failures` in a row eject the endpoint for `health.ejection`,
+    /// unless `max_ejection_percent` of the pool is out already. A success resets the count.
     pub fn report(&self, endpoint: &Endpoint, ok: bool) {
         let threshold = self.health.consecutive_failures;
         if threshold == 0 {
             return;
         }
+        let state = &endpoint.state;
         if ok {
-            if endpoint.failures.load(Ordering::Relaxed) != 0 {
-                endpoint.failures.store(0, Ordering::Relaxed);
+            if state.failures.load(Ordering::Relaxed) != 0 {
+                state.failures.store(0, Ordering::Relaxed);
             }
             return;
         }
-        let n = endpoint.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= threshold {
-            endpoint.failures.store(0, Ordering::Relaxed);
-            let until = clock_ms() + self.health.ejection.as_millis() as u64;
-            endpoint.ejected_until.store(until, Ordering::Relaxed);
-            endpoint.ejections.fetch_add(1, Ordering::Relaxed);
+        let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < threshold || endpoint.is_ejected() {
+            return;
+        }
+        let total = self.endpoints.len();
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        let allowed = (total * self.health.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
             tracing::warn!(
                 upstream = %self.name,
                 endpoint = %endpoint.authority,
                 failures = n,
-                ejection_ms = self.health.ejection.as_millis() as u64,
-                "endpoint ejected after consecutive failures"
+                ejected,
+                "endpoint failing but not ejected: max_ejection_percent of the pool is out"
             );
+            return;
         }
+        state.failures.store(0, Ordering::Relaxed);
+        let until = clock_ms() + self.health.ejection.as_millis() as u64;
+        state.ejected_until.store(until, Ordering::Relaxed);
+        state.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            upstream = %self.name,
+            endpoint = %endpoint.authority,
+            failures = n,
+            ejection_ms = self.health.ejection.as_millis() as u64,
+            "endpoint ejected after consecutive failures"
+        );
+    }
+
+    /// Whether a response with `status` counts as a failure of the endpoint.
+    pub fn is_failure(&self, status: http::StatusCode) -> bool {
+        self.health.count_5xx && status.is_server_error()
     }
 }
 
 /// The pooled client to upstreams (`http://`, `h2c://`, `https://`).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// The clients of one connect timeout, one per kind of pool, resolved at compile time so a
+/// request finds its client without a lookup (plain and h2c pools) or with one string compare
+/// per TLS pool. The clients and their idle connections are runtime state: they outlive
+/// reloads.
+pub struct ClientSet {
+    pub plain: Arc<UpstreamClient>,
+    pub h2c: Arc<UpstreamClient>,
+    /// By the TLS settings' fingerprint.
+    pub tls: Vec<(String, Arc<UpstreamClient>)>,
+}
+
+impl std::fmt::Debug for ClientSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSet")
+            .field("tls", &self.tls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSet {
+    /// The client for requests to `pool`.
+    pub fn for_pool(&self, pool: &UpstreamPool) -> &UpstreamClient {
+        match &pool.tls {
+            Some(tls) => self
+                .tls
+                .iter()
+                .find(|(fp, _)| *fp == tls.fingerprint)
+                .map_or(&*self.plain, |(_, c)| &**c),
+            None if pool.endpoints.first().is_some_and(|e| e.h2c) => &self.h2c,
+            None => &self.plain,
+        }
+    }
+}
 
 /// Builds an upstream client with its own keep-alive pool, TCP_NODELAY and the given connect
 /// timeout. The gateway keeps one per distinct `connect_ms` (one per plan, typically).
@@ -329,6 +451,8 @@ mod tests {
         p.health = Health {
             consecutive_failures: 3,
             ejection: Duration::from_millis(150),
+            max_ejection_percent: 100,
+            ..Health::default()
         };
         let bad = p.endpoints()[1].clone();
         p.report(&bad, false);
@@ -363,6 +487,59 @@ mod tests {
             let (e, _) = p.pick_except(Some(&first)).expect("endpoint");
             assert_ne!(e.authority, first.authority);
         }
+    }
+
+    #[test]
+    fn an_ejected_endpoints_turns_are_spread_over_the_rest_and_ejection_is_bounded() {
+        let mut p = pool(Balance::RoundRobin);
+        p.health = Health {
+            consecutive_failures: 1,
+            ..Health::default()
+        };
+        let eps = p.endpoints().to_vec();
+        p.report(&eps[1], false);
+        assert!(eps[1].is_ejected());
+        let mut counts = [0usize; 3];
+        for _ in 0..100 {
+            let (e, _) = p.pick().expect("endpoint");
+            let i = eps.iter().position(|x| Arc::ptr_eq(x, &e)).expect("known");
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [50, 0, 50], "evenly over the two in service");
+        // 50 % of three is one endpoint: a second failing endpoint stays in service.
+        p.report(&eps[2], false);
+        assert!(!eps[2].is_ejected());
+        // A retry still avoids the endpoint that just failed.
+        for _ in 0..5 {
+            let (e, _) = p.pick_except(Some(&eps[0])).expect("endpoint");
+            assert!(Arc::ptr_eq(&e, &eps[2]));
+        }
+    }
+
+    #[test]
+    fn health_state_outlives_the_pool_that_shares_it() {
+        let state: Arc<EndpointState> = Arc::default();
+        let mut first = UpstreamPool::new(
+            "p",
+            vec![Endpoint::with_state(
+                Scheme::HTTP,
+                "127.0.0.1:1".parse().expect("authority"),
+                state.clone(),
+            )],
+            Balance::RoundRobin,
+        );
+        first.health.consecutive_failures = 1;
+        first.report(&first.endpoints()[0].clone(), false);
+        let second = UpstreamPool::new(
+            "p",
+            vec![Endpoint::with_state(
+                Scheme::HTTP,
+                "127.0.0.1:1".parse().expect("authority"),
+                state,
+            )],
+            Balance::RoundRobin,
+        );
+        assert!(second.endpoints()[0].is_ejected());
     }
 
     #[test]

@@ -854,7 +854,8 @@ async fn an_endpoint_failing_in_a_row_is_ejected_and_traffic_goes_to_the_others(
     let yaml = pool_config(
         &env,
         &[&broken, &up.url()],
-        ", health: { consecutive_failures: 2, ejection_ms: 60000 }",
+        // 5xx answers count only when the pool opts in.
+        ", health: { consecutive_failures: 2, ejection_ms: 60000, count_5xx: true }",
     );
     let (_gw, running) = env.start(&yaml).await;
     let http = running.addr("http").expect("http");

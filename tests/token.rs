@@ -549,7 +549,10 @@ async fn jwks_url_is_fetched_refreshed_on_an_unknown_kid_and_kept_when_the_idp_i
     let provider = idp(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string()).await;
     let yaml = token_config(&env, &keys, &up.url(), 5).replace(
         &format!("  jwks_file: {}/jwks.json\n", env.dir.path().display()),
-        &format!("  jwks_url: {}\n", provider.url),
+        &format!(
+            "  jwks_url: {}\n  allow_insecure_jwks_url: true\n",
+            provider.url
+        ),
     );
     let (_gw, running) = env.start(&yaml).await;
     let http = running.addr("http").expect("http");
@@ -608,4 +611,161 @@ async fn jwks_url_is_fetched_refreshed_on_an_unknown_kid_and_kept_when_the_idp_i
     )
     .await;
     assert_eq!(got.status, StatusCode::OK, "last good set still serving");
+}
+
+/// A gateway whose keys come from `jwks_url` (the `Idp`), with the standard token config.
+fn jwks_url_config(env: &Env, keys: &Keys, upstream: &str, idp: &Idp) -> String {
+    token_config(env, keys, upstream, 5).replace(
+        &format!("  jwks_file: {}/jwks.json\n", env.dir.path().display()),
+        &format!("  jwks_url: {}\n  allow_insecure_jwks_url: true\n", idp.url),
+    )
+}
+
+fn idp_token(kid: &str, key: &rcgen::KeyPair, c: &serde_json::Value) -> String {
+    let k = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec");
+    sign(Algorithm::ES256, kid, &k, c)
+}
+
+/// Polls `check` every 50 ms for up to `secs`.
+async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_audience_applies_to_keys_from_jwks_url() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let provider = idp(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string()).await;
+    let yaml = jwks_url_config(&env, &keys, &up.url(), &provider);
+    let (gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let old_audience = idp_token("idp-1", &keys.ec, &claims("acme", 300));
+    assert!(
+        eventually(10, || async {
+            h1(http, with_token("acme.gw.test", "/", &old_audience))
+                .await
+                .status
+                == StatusCode::OK
+        })
+        .await
+    );
+    // Same jwks_url, new audience: the token minted for the old one is refused at once.
+    env.write_config(&yaml.replace(
+        &format!("  audience: {AUD}\n"),
+        "  audience: another-gateway\n",
+    ));
+    gw.reload().expect("reload");
+    let got = h1(http, with_token("acme.gw.test", "/", &old_audience)).await;
+    assert_invalid_token(&got, "old audience after the reload");
+    // A token for the new audience is accepted once the new section's keys are fetched.
+    let mut c = claims("acme", 300);
+    c["aud"] = "another-gateway".into();
+    let new_audience = idp_token("idp-1", &keys.ec, &c);
+    assert!(
+        eventually(10, || async {
+            h1(http, with_token("acme.gw.test", "/", &new_audience))
+                .await
+                .status
+                == StatusCode::OK
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_key_withdrawn_by_the_provider_takes_its_cached_tokens_with_it() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let provider =
+        idp(json!({ "keys": [jwk("idp-1", &keys.ec), jwk("idp-2", &keys.rotated)] }).to_string())
+            .await;
+    let (_gw, running) = env
+        .start(&jwks_url_config(&env, &keys, &up.url(), &provider))
+        .await;
+    let http = running.addr("http").expect("http");
+    let withdrawn = idp_token("idp-1", &keys.ec, &claims("acme", 300));
+    let kept = idp_token("idp-2", &keys.rotated, &claims("acme", 300));
+    // Both verified, and cached.
+    for t in [&withdrawn, &kept] {
+        assert!(
+            eventually(10, || async {
+                h1(http, with_token("acme.gw.test", "/", t)).await.status == StatusCode::OK
+            })
+            .await
+        );
+    }
+    // The provider drops idp-1; the next refetch (asked for by an unknown kid, at most once
+    // per 5 s) forgets the tokens it verified.
+    *provider.doc.lock().expect("lock") =
+        Some(json!({ "keys": [jwk("idp-2", &keys.rotated)] }).to_string());
+    let stranger = rcgen::KeyPair::generate().expect("key");
+    let unknown = idp_token("nobody", &stranger, &claims("acme", 300));
+    assert!(
+        eventually(15, || async {
+            h1(http, with_token("acme.gw.test", "/", &unknown)).await;
+            h1(http, with_token("acme.gw.test", "/", &withdrawn))
+                .await
+                .status
+                == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a cached token of a withdrawn key is refused after the refetch"
+    );
+    let got = h1(http, with_token("acme.gw.test", "/", &kept)).await;
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "the other key's tokens still pass"
+    );
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_first_jwks_fetch() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let provider = idp(String::new()).await;
+    *provider.doc.lock().expect("lock") = None; // the provider answers 503 for now
+    let (_gw, running) = env
+        .start(&jwks_url_config(&env, &keys, &up.url(), &provider))
+        .await;
+    let admin = running.addr("admin").expect("admin");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = h1(admin, get("localhost", "/readyz")).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(got.json()["jwks_loaded"], false);
+    *provider.doc.lock().expect("lock") =
+        Some(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string());
+    assert!(
+        eventually(10, || async {
+            h1(admin, get("localhost", "/readyz")).await.status == StatusCode::OK
+        })
+        .await,
+        "ready once the provider answered"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_http_jwks_url_is_refused_unless_allowed() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let provider = idp(String::new()).await;
+    let yaml = jwks_url_config(&env, &keys, "http://127.0.0.1:9", &provider)
+        .replace("  allow_insecure_jwks_url: true\n", "");
+    let path = env.write_config(&yaml);
+    let err = tenant_gateway::config::load(&path).expect_err("refused");
+    assert!(err.to_string().contains("token.jwks_url"), "{err}");
 }

@@ -14,6 +14,7 @@ use super::ConfigErrors;
 use super::raw::*;
 use crate::headers::TenantHeaderNames;
 use crate::limits::{Concurrency, TenantLimiter};
+use crate::runtime::Runtime;
 use crate::signing::{Algorithm, SigVersion, Signer, SigningKey};
 use crate::snapshot::*;
 use crate::tls::{CertStore, LoadedCert, load_cert};
@@ -26,20 +27,35 @@ const DEFAULT_REQUEST_MS: u64 = 30_000;
 
 /// The connection limits of a config that sets none (SPEC's defaults).
 pub fn default_limits() -> ConnLimits {
+    let rt = Runtime::default();
     let mut c = Compiler {
         errors: ConfigErrors::default(),
         certs_by_path: HashMap::new(),
         files: Vec::new(),
+        rt: &rt,
     };
     c.limits(&RawLimits::default())
 }
 
-/// Compiles a parsed config. `content_hash` identifies the file it came from.
+/// Compiles a parsed config with fresh runtime state (`check`, tools, tests).
 pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigErrors> {
+    compile_with(raw, content_hash, &Runtime::default())
+}
+
+/// Compiles a parsed config. `content_hash` identifies the file it came from; runtime state
+/// (limiters, slots, counters, endpoint health, queues, clients, token caches) is looked up in
+/// `rt` by identity, so what this config did not change carries on as it was.
+pub fn compile_with(
+    raw: &RawConfig,
+    content_hash: &str,
+    rt: &Runtime,
+) -> Result<Snapshot, ConfigErrors> {
+    rt.prune();
     let mut c = Compiler {
         errors: ConfigErrors::default(),
         certs_by_path: HashMap::new(),
         files: Vec::new(),
+        rt,
     };
     if raw.version != 1 {
         c.err("version", format!("unsupported version {}", raw.version));
@@ -81,12 +97,17 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
         certs.add(&cert);
     }
 
+    let identity = crate::client_auth::compile_edge(&mut c.errors, raw, &listeners);
+    c.files.extend(identity.files.iter().cloned());
+    let usage = crate::usage::compile(&mut c.errors, raw.usage.as_ref());
+    let mut client_cert_sans: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut hosts: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut host_owner: HashMap<Box<str>, String> = HashMap::new();
     let mut api_keys: HashMap<[u8; 32], TenantId> = HashMap::new();
     let mut tenant_ids: HashMap<Box<str>, TenantId> = HashMap::new();
     let mut plan_headers: HashMap<String, HeaderValue> = HashMap::new();
+    let mut client_sets: HashMap<Duration, Arc<crate::upstream::ClientSet>> = HashMap::new();
     for (name, t) in &raw.tenants {
         let path = format!("tenants.{name}");
         let id = tenants.len() as TenantId;
@@ -153,6 +174,14 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                 ),
             }
         }
+        crate::client_auth::claim_sans(
+            &mut c.errors,
+            &mut client_cert_sans,
+            &path,
+            &t.client_cert_sans,
+            id,
+            identity.client_auth.is_some(),
+        );
         tenant_ids.insert(name.as_str().into(), id);
         tenants.push(Tenant {
             name: name.as_str().into(),
@@ -173,22 +202,25 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
                     v
                 }
             },
-            limiter: limits.rate.and_then(TenantLimiter::new).map(Arc::new),
-            fallback: cluster
-                .as_ref()
-                .and(limits.rate)
-                .and_then(|r| {
-                    TenantLimiter::new(crate::cluster::local_share(
-                        r,
-                        cluster.as_ref().map_or(1, |c| c.replicas),
-                    ))
-                })
-                .map(Arc::new),
-            concurrency: limits
-                .max_concurrent
-                .filter(|m| *m > 0)
-                .map(|m| Arc::new(Concurrency::new(m))),
-            stats: Arc::default(),
+            limiter: limits.rate.and_then(|r| c.limiter(name, r, false)),
+            fallback: cluster.as_ref().and(limits.rate).and_then(|r| {
+                let share =
+                    crate::cluster::local_share(r, cluster.as_ref().map_or(1, |c| c.replicas));
+                c.limiter(name, share, true)
+            }),
+            // Keyed by tenant alone: a changed cap resizes the same slots on activation.
+            concurrency: limits.max_concurrent.filter(|m| *m > 0).map(|m| {
+                c.rt.concurrency
+                    .get_or_insert_with(name.as_str().into(), || Concurrency::new(m))
+            }),
+            stats: c
+                .rt
+                .tenant_stats
+                .get_or_insert_with(name.as_str().into(), Default::default),
+            clients: client_sets
+                .entry(limits.connect_timeout)
+                .or_insert_with(|| c.client_set(limits.connect_timeout, &upstreams))
+                .clone(),
             limits,
         });
     }
@@ -260,6 +292,10 @@ pub fn compile(raw: &RawConfig, content_hash: &str) -> Result<Snapshot, ConfigEr
             token,
             apikeys,
             access_log: raw.access_log,
+            usage,
+            trusted_proxies: identity.trusted_proxies,
+            client_auth: identity.client_auth,
+            client_cert_sans,
             cluster,
             files: c
                 .certs_by_path
@@ -330,18 +366,21 @@ struct PlanFields {
     request_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     queue_ms: Option<u64>,
+    quota: Option<RawQuota>,
     weight: Option<u32>,
 }
 
-struct Compiler {
+struct Compiler<'a> {
     errors: ConfigErrors,
+    /// Runtime state, looked up by identity.
+    rt: &'a Runtime,
     /// Certificates already loaded in this compile, so one file pair is read once.
     certs_by_path: HashMap<(PathBuf, PathBuf), Option<Arc<LoadedCert>>>,
     /// Other files the config names (upstream CA bundles and client certificates), watched.
     files: Vec<PathBuf>,
 }
 
-impl Compiler {
+impl Compiler<'_> {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(path, message);
     }
@@ -375,6 +414,7 @@ impl Compiler {
                     name: l.name.clone(),
                     bind,
                     tls: l.tls,
+                    proxy_protocol: l.proxy_protocol,
                 });
             }
         }
@@ -440,6 +480,7 @@ impl Compiler {
                 RawSource::Host => s.host = true,
                 RawSource::Token => s.token = true,
                 RawSource::Apikey => s.apikey = true,
+                RawSource::ClientCert => s.client_cert = true,
             }
         }
         if raw.tenancy.sources.is_empty() {
@@ -593,6 +634,57 @@ impl Compiler {
         active.map(|a| (a, keys))
     }
 
+    /// The upstream clients for `connect_timeout`: one for plain pools, one for h2c pools, one
+    /// per distinct TLS setting; the runtime's when they exist already (idle connections kept).
+    fn client_set(
+        &self,
+        connect_timeout: Duration,
+        upstreams: &HashMap<Box<str>, Arc<UpstreamPool>>,
+    ) -> Arc<crate::upstream::ClientSet> {
+        let client = |h2c: bool, tls: Option<&UpstreamTls>| {
+            let key = (connect_timeout, h2c, tls.map(|t| t.fingerprint.clone()));
+            self.rt
+                .clients
+                .get_or_insert_with(key, || crate::upstream::client(connect_timeout, h2c, tls))
+        };
+        let mut tls: Vec<(String, Arc<crate::upstream::UpstreamClient>)> = Vec::new();
+        for pool in upstreams.values() {
+            if let Some(t) = &pool.tls
+                && !tls.iter().any(|(fp, _)| *fp == t.fingerprint)
+            {
+                tls.push((t.fingerprint.clone(), client(false, Some(t))));
+            }
+        }
+        Arc::new(crate::upstream::ClientSet {
+            plain: client(false, None),
+            h2c: client(true, None),
+            tls,
+        })
+    }
+
+    /// The tenant's limiter for `rate`: the running one when the rate is unchanged (no fresh
+    /// burst on reload), a new one when it changed.
+    fn limiter(&self, tenant: &str, rate: Rate, fallback: bool) -> Option<Arc<TenantLimiter>> {
+        let limiter = TenantLimiter::new(rate)?;
+        Some(
+            self.rt
+                .limiters
+                .get_or_insert_with((tenant.into(), rate, fallback), || limiter),
+        )
+    }
+
+    fn quota(&mut self, path: &str, q: Option<RawQuota>) -> Option<crate::quota::QuotaSpec> {
+        let q = q?;
+        if q.requests == 0 {
+            self.err(format!("{path}.requests"), "must be greater than 0");
+            return None;
+        }
+        Some(crate::quota::QuotaSpec {
+            requests: q.requests,
+            period: q.period,
+        })
+    }
+
     fn rate(&mut self, path: &str, r: Option<RawRate>) -> Option<Rate> {
         let r = r?;
         if r.per_second == 0 || r.burst == 0 {
@@ -621,6 +713,7 @@ impl Compiler {
                         request_ms: t.request_ms,
                         max_body_bytes: p.max_body_bytes,
                         queue_ms: p.queue_ms,
+                        quota: p.quota,
                         weight: p.weight,
                     },
                 )
@@ -663,6 +756,7 @@ impl Compiler {
                 .or(plan.queue_ms)
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
+            quota: self.quota(&format!("{path}.quota"), t.quota.or(plan.quota)),
             weight: weight.clamp(1, 1_000),
         }
     }
@@ -716,16 +810,60 @@ impl Compiler {
                     "tls is set but no endpoint is https://",
                 );
             }
-            let mut pool = UpstreamPool::new(name, endpoints, balance);
+            let tls = if https > 0 {
+                self.upstream_tls(&path, u.tls.as_ref()).map(Arc::new)
+            } else {
+                None
+            };
+            // Health and in-flight counts by (pool, endpoint, TLS settings): kept by a reload
+            // that keeps all three, fresh for an endpoint that changed.
+            let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+            let endpoints = endpoints
+                .into_iter()
+                .map(|e| {
+                    let key = (
+                        name.as_str().into(),
+                        format!(
+                            "{}://{}{}",
+                            e.scheme,
+                            e.authority,
+                            if e.h2c { "#h2c" } else { "" }
+                        ),
+                        fingerprint.clone(),
+                    );
+                    let state = self.rt.endpoints.get_or_insert_with(key, Default::default);
+                    let mut ep = Endpoint::with_state(e.scheme.clone(), e.authority.clone(), state);
+                    ep.h2c = e.h2c;
+                    ep
+                })
+                .collect();
+            let pool_state = self
+                .rt
+                .pools
+                .get_or_insert_with(name.as_str().into(), Default::default);
+            let mut pool = UpstreamPool::new(name, endpoints, balance).with_state(pool_state);
+            pool.tls = tls;
+            if u.health.max_ejection_percent > 100 {
+                self.err(
+                    format!("{path}.health.max_ejection_percent"),
+                    "must be at most 100",
+                );
+            }
             pool.health = crate::upstream::Health {
                 consecutive_failures: u.health.consecutive_failures,
                 ejection: Duration::from_millis(u.health.ejection_ms),
+                count_5xx: u.health.count_5xx,
+                max_ejection_percent: u.health.max_ejection_percent.min(100),
             };
             pool.retry_connect_failure = u.retry_connect_failure;
             if let Some(cap) = &u.capacity
                 && let Some(settings) = self.capacity(&format!("{path}.capacity"), cap)
             {
-                pool.set_capacity(settings);
+                // The queue is the pool's (by name): waiters and order survive a reload.
+                let queue = self.rt.queues.get_or_insert_with(name.as_str().into(), || {
+                    crate::fairshare::FairQueue::new(settings)
+                });
+                pool.set_capacity(queue, settings);
             }
             pool.signer = signing.and_then(|(active, keys)| {
                 let key = match &u.signing_key {
@@ -747,9 +885,6 @@ impl Compiler {
                     audience: name.as_str().into(),
                 })
             });
-            if https > 0 {
-                pool.tls = self.upstream_tls(&path, u.tls.as_ref()).map(Arc::new);
-            }
             out.insert(name.as_str().into(), Arc::new(pool));
         }
         out
@@ -850,7 +985,7 @@ impl Compiler {
                 let missing = match req {
                     RawSource::Token => config.token.is_none(),
                     RawSource::Apikey => config.apikey.is_none(),
-                    RawSource::Sni | RawSource::Host => false,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert => false,
                 };
                 if missing {
                     self.err(
@@ -858,7 +993,10 @@ impl Compiler {
                         format!("{req:?} is required here but not configured").to_lowercase(),
                     );
                 }
-                if matches!(req, RawSource::Sni | RawSource::Host) {
+                if matches!(
+                    req,
+                    RawSource::Sni | RawSource::Host | RawSource::ClientCert
+                ) {
                     self.err(
                         format!("{rpath}.require[{j}]"),
                         "only token and apikey can be required by a route",
@@ -1086,6 +1224,10 @@ impl Compiler {
             token::base_validation(t.issuer.as_deref(), t.audience.as_deref(), t.leeway_seconds);
         let mut keys = Vec::new();
         let mut kids = HashSet::new();
+        // The section's identity: its settings and the key material they name. Verified tokens
+        // and a fetched key set are kept by a reload only while all of it is unchanged.
+        let mut identity = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        identity.update(format!("{t:?}").as_bytes());
         for (i, k) in t.keys.iter().enumerate() {
             let path = format!("token.keys[{i}]");
             if !kids.insert(k.kid.as_str()) {
@@ -1093,19 +1235,22 @@ impl Compiler {
             }
             let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
                 (Some(file), None, None) => match super::read_file(file) {
-                    Ok(pem) => DecodingKey::from_rsa_pem(&pem)
-                        .or_else(|_| DecodingKey::from_ec_pem(&pem))
-                        .or_else(|_| DecodingKey::from_ed_pem(&pem))
-                        .map_err(|_| {
-                            self.err(
-                                format!("{path}.public_key_file"),
-                                format!(
-                                    "{} is not an RSA, EC or Ed25519 public key in PEM",
-                                    file.display()
-                                ),
-                            )
-                        })
-                        .ok(),
+                    Ok(pem) => {
+                        identity.update(&pem);
+                        DecodingKey::from_rsa_pem(&pem)
+                            .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                            .or_else(|_| DecodingKey::from_ed_pem(&pem))
+                            .map_err(|_| {
+                                self.err(
+                                    format!("{path}.public_key_file"),
+                                    format!(
+                                        "{} is not an RSA, EC or Ed25519 public key in PEM",
+                                        file.display()
+                                    ),
+                                )
+                            })
+                            .ok()
+                    }
                     Err(e) => {
                         self.err(
                             format!("{path}.public_key_file"),
@@ -1116,7 +1261,10 @@ impl Compiler {
                 },
                 (None, env, file) if env.is_some() != file.is_some() => self
                     .secret(&path, env.as_deref(), file.as_deref())
-                    .map(|s| DecodingKey::from_secret(&s)),
+                    .map(|s| {
+                        identity.update(&s);
+                        DecodingKey::from_secret(&s)
+                    }),
                 _ => {
                     self.err(
                         &path,
@@ -1145,6 +1293,15 @@ impl Compiler {
             .jwks_url
             .as_ref()
             .and_then(|u| match u.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && !t.allow_insecure_jwks_url => {
+                    self.err(
+                        "token.jwks_url",
+                        format!(
+                            "{u:?}: keys fetched over plain http can be replaced in transit; use https, or set token.allow_insecure_jwks_url: true (tests, loopback)"
+                        ),
+                    );
+                    None
+                }
                 Ok(uri)
                     if matches!(uri.scheme_str(), Some("https" | "http"))
                         && uri.host().is_some() =>
@@ -1185,12 +1342,28 @@ impl Compiler {
         if self.errors.0.len() != errors_before {
             return None;
         }
+        let identity =
+            u64::from_le_bytes(identity.finish().as_ref()[..8].try_into().unwrap_or([0; 8]));
+        let cache = self
+            .rt
+            .token_caches
+            .get_or_insert_with(identity, || token::TokenCache::new(token::CACHE_CAPACITY));
         let remote = remote_url.zip(remote_tls).map(|(url, tls)| {
-            crate::jwks::RemoteJwks::new(url, base.clone(), allowed.clone(), Arc::new(tls))
+            self.rt.jwks.get_or_insert_with(identity, || {
+                crate::jwks::RemoteJwks::new(
+                    url,
+                    base.clone(),
+                    allowed.clone(),
+                    Arc::new(tls),
+                    cache.clone(),
+                    Duration::from_millis(t.jwks_startup_wait_ms),
+                )
+            })
         });
         match TokenAuth::new(&t.tenant_claim, allowed, base, keys, jwks, forward) {
             Ok(mut auth) => {
                 auth.remote = remote;
+                auth.share_cache(cache);
                 Some(auth)
             }
             Err(e) => {

@@ -108,19 +108,32 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-/// Reads, parses and compiles a config file.
+/// Reads, parses and compiles a config file (with fresh runtime state).
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let bytes = read_file(path)
-        .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
-    load_bytes(&bytes)
+    load_with(path, &crate::runtime::Runtime::default())
 }
 
-/// Parses and compiles config file contents.
+/// Reads, parses and compiles a config file, looking runtime state up in `rt`.
+pub fn load_with(path: &Path, rt: &crate::runtime::Runtime) -> Result<Snapshot, ConfigErrors> {
+    let bytes = read_file(path)
+        .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
+    load_bytes_with(&bytes, rt)
+}
+
+/// Parses and compiles config file contents (with fresh runtime state).
 pub fn load_bytes(bytes: &[u8]) -> Result<Snapshot, ConfigErrors> {
+    load_bytes_with(bytes, &crate::runtime::Runtime::default())
+}
+
+/// Parses and compiles config file contents, looking runtime state up in `rt`.
+pub fn load_bytes_with(
+    bytes: &[u8],
+    rt: &crate::runtime::Runtime,
+) -> Result<Snapshot, ConfigErrors> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ConfigErrors::single("", "config file is not UTF-8"))?;
     let raw = parse(text)?;
-    compile(&raw, &content_hash(bytes))
+    compile::compile_with(&raw, &content_hash(bytes), rt)
 }
 
 /// First 16 hex digits of the SHA-256 of the file.

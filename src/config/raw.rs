@@ -40,6 +40,42 @@ pub struct RawConfig {
     /// One JSON line per request on the `access` log target.
     #[serde(default)]
     pub access_log: bool,
+    /// Peers (CIDRs) whose PROXY header or `x-forwarded-for` names the real client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Usage metering: quota state across restarts, JSON-lines export.
+    #[serde(default)]
+    pub usage: Option<RawUsage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// Per-replica quota counts, kept across restarts.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// How often the state file is written; default 10.
+    #[serde(default)]
+    pub state_interval_s: Option<u64>,
+    #[serde(default)]
+    pub export: Option<RawUsageExport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsageExport {
+    pub path: PathBuf,
+    /// Default 60.
+    #[serde(default)]
+    pub interval_s: Option<u64>,
+}
+
+/// `plans.<p>.quota`: requests per UTC calendar period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub requests: u64,
+    pub period: crate::quota::Period,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +85,9 @@ pub struct RawListener {
     pub bind: String,
     #[serde(default)]
     pub tls: bool,
+    /// Expect a PROXY protocol (v1 or v2) header from a `trusted_proxies` peer first.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +176,26 @@ impl Default for RawLimits {
 pub struct RawTls {
     #[serde(default)]
     pub default_certificate: Option<RawCertRef>,
+    /// Client certificates (mTLS) checked against `ca_file`.
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca_file: PathBuf,
+    /// `optional` (default) or `required`.
+    #[serde(default)]
+    pub mode: RawClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawClientAuthMode {
+    #[default]
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +212,8 @@ pub enum RawSource {
     Host,
     Token,
     Apikey,
+    #[serde(rename = "client_cert")]
+    ClientCert,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +259,16 @@ pub struct RawToken {
     /// Claims sent upstream as `<prefix>-claim-<name>` headers (not covered by the signature).
     #[serde(default)]
     pub forward_claims: Vec<String>,
+    /// `/readyz` stays 503 until `jwks_url` has been fetched once, or this long after start.
+    #[serde(default = "default_jwks_startup_wait_ms")]
+    pub jwks_startup_wait_ms: u64,
+    /// Allow an `http://` `jwks_url` (keys fetched in clear; for tests and loopback only).
+    #[serde(default)]
+    pub allow_insecure_jwks_url: bool,
+}
+
+fn default_jwks_startup_wait_ms() -> u64 {
+    10_000
 }
 
 fn default_tenant_claim() -> String {
@@ -305,6 +376,8 @@ pub struct RawPlan {
     /// How long a request may wait for a concurrency slot (default: not at all).
     #[serde(default)]
     pub queue_ms: Option<u64>,
+    #[serde(default)]
+    pub quota: Option<RawQuota>,
     /// Share of a saturated pool's capacity (`upstreams.<pool>.capacity`); default 1.
     #[serde(default)]
     pub weight: Option<u32>,
@@ -394,6 +467,11 @@ fn yes() -> bool {
 pub struct RawHealth {
     pub consecutive_failures: u32,
     pub ejection_ms: u64,
+    /// Whether a 5xx answer counts as a failure of the endpoint (default false: it is the
+    /// application's answer, not the endpoint's failure).
+    pub count_5xx: bool,
+    /// At most this share of the pool is ejected at once (at least one endpoint may be).
+    pub max_ejection_percent: u32,
 }
 
 impl Default for RawHealth {
@@ -401,6 +479,8 @@ impl Default for RawHealth {
         Self {
             consecutive_failures: 5,
             ejection_ms: 30_000,
+            count_5xx: false,
+            max_ejection_percent: 50,
         }
     }
 }
@@ -462,6 +542,10 @@ pub struct RawTenant {
     #[serde(default)]
     pub queue_ms: Option<u64>,
     #[serde(default)]
+    pub quota: Option<RawQuota>,
+    /// DNS or URI SANs of client certificates that identify this tenant (`client_cert` source).
+    #[serde(default)]
+    pub client_cert_sans: Vec<String>,
     pub weight: Option<u32>,
 }
 
