@@ -65,6 +65,8 @@ impl Limit {
 pub struct FairQueue {
     /// The current cap (fixed, or the adaptive estimate).
     limit: AtomicUsize,
+    /// Whether the cap is adaptive (then slots are timed, to feed the estimate).
+    adaptive_on: std::sync::atomic::AtomicBool,
     in_flight: AtomicUsize,
     /// Waiters in every tenant queue.
     queued: AtomicUsize,
@@ -104,6 +106,10 @@ impl FairQueue {
     pub fn new(settings: CapacitySettings) -> Self {
         Self {
             limit: AtomicUsize::new(settings.limit.initial().max(1)),
+            adaptive_on: std::sync::atomic::AtomicBool::new(matches!(
+                settings.limit,
+                Limit::Adaptive { .. }
+            )),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             settings: Mutex::new(settings),
@@ -134,6 +140,10 @@ impl FairQueue {
     /// dispatches at once, a lowered one lets in-flight requests finish.
     pub fn reconfigure(&self, settings: CapacitySettings) {
         let old = std::mem::replace(&mut *lock(&self.settings), settings);
+        self.adaptive_on.store(
+            matches!(settings.limit, Limit::Adaptive { .. }),
+            Ordering::Relaxed,
+        );
         if old.limit != settings.limit {
             let limit = match settings.limit {
                 Limit::Fixed(n) => n,
@@ -194,7 +204,8 @@ impl FairQueue {
     fn slot(self: &Arc<Self>) -> Slot {
         Slot {
             queue: self.clone(),
-            started: Instant::now(),
+            // Timed only for the adaptive estimate.
+            started: self.adaptive_on.load(Ordering::Relaxed).then(Instant::now),
         }
     }
 
@@ -287,9 +298,11 @@ impl FairQueue {
         }
     }
 
-    fn release(&self, held: Duration) {
+    fn release(&self, held: Option<Duration>) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if let Limit::Adaptive { min, max } = lock(&self.settings).limit {
+        if let Some(held) = held
+            && let Limit::Adaptive { min, max } = lock(&self.settings).limit
+        {
             let mut g = lock(&self.adaptive);
             if let Some(next) = g.sample(held, self.limit(), min, max) {
                 self.limit.store(next, Ordering::SeqCst);
@@ -330,7 +343,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A held slot of a pool; released (and handed to the next waiter) when dropped.
 pub struct Slot {
     queue: Arc<FairQueue>,
-    started: Instant,
+    /// When the slot was taken (adaptive caps only).
+    started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -341,7 +355,7 @@ impl std::fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.queue.release(self.started.elapsed());
+        self.queue.release(self.started.map(|t| t.elapsed()));
     }
 }
 
