@@ -9,8 +9,6 @@
 //! open the dashboard); the token is compared in constant time and never logged or shown.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -24,134 +22,21 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::ConfigErrors;
-use crate::config::raw::RawAdmin;
-use crate::gateway::Gateway;
+use crate::config::errors::ConfigErrors;
+use crate::shared::Shared;
 use crate::stats::{self, Sampler};
 
 /// The dashboard page: one self-contained file (inline CSS and JS, no external assets).
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Shortest admin token accepted.
-pub const MIN_TOKEN_BYTES: usize = 16;
-
-// === impl AdminAccess ===
-
-/// Who may reach what on the admin listeners: `admin.metrics_bind` and `admin.token_file`,
-/// compiled (the token file is read at compile time, like every file the config names).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct AdminAccess {
-    /// The scrape-only listener, when configured.
-    pub metrics_bind: Option<SocketAddr>,
-    /// Where the token came from (watched for changes).
-    pub token_file: Option<PathBuf>,
-    token: Option<Arc<[u8]>>,
-}
-
-impl std::fmt::Debug for AdminAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAccess")
-            .field("metrics_bind", &self.metrics_bind)
-            .field("token_file", &self.token_file)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl AdminAccess {
-    /// Compiles the `admin` section's access keys, adding any error to `errors`.
-    pub fn compile(raw: Option<&RawAdmin>, errors: &mut ConfigErrors) -> Self {
-        let Some(raw) = raw else {
-            return Self::default();
-        };
-        let metrics_bind = raw
-            .metrics_bind
-            .as_ref()
-            .and_then(|b| match b.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    errors.push(
-                        "admin.metrics_bind",
-                        format!("invalid address {b:?} (expected IP:PORT)"),
-                    );
-                    None
-                }
-            });
-        let token = raw
-            .token_file
-            .as_ref()
-            .and_then(|f| match crate::config::read_file(f) {
-                Ok(bytes) => {
-                    let t = bytes.trim_ascii();
-                    if t.len() < MIN_TOKEN_BYTES {
-                        errors.push(
-                            "admin.token_file",
-                            format!(
-                                "token in {} must be at least {MIN_TOKEN_BYTES} bytes",
-                                f.display()
-                            ),
-                        );
-                        None
-                    } else {
-                        Some(Arc::from(t))
-                    }
-                }
-                Err(e) => {
-                    errors.push(
-                        "admin.token_file",
-                        format!("cannot read {}: {e}", f.display()),
-                    );
-                    None
-                }
-            });
-        Self {
-            metrics_bind,
-            token_file: raw.token_file.clone(),
-            token,
-        }
-    }
-
-    /// Whether control endpoints need a token.
-    pub fn token_required(&self) -> bool {
-        self.token.is_some()
-    }
-
-    /// True when no token is configured or the request carries it (Bearer, or Basic with the
-    /// token as password). Constant time in the token's contents.
-    pub fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let Some(value) = headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-        else {
-            return false;
-        };
-        let offered = if let Some(b) = strip_scheme(value, b"bearer ") {
-            b.trim_ascii().to_vec()
-        } else if let Some(b) = strip_scheme(value, b"basic ") {
-            use base64::Engine;
-            match base64::engine::general_purpose::STANDARD.decode(b.trim_ascii()) {
-                Ok(pair) => match pair.iter().position(|&c| c == b':') {
-                    Some(i) => pair[i + 1..].to_vec(),
-                    None => return false,
-                },
-                Err(_) => return false,
-            }
-        } else {
-            return false;
-        };
-        aws_lc_rs::constant_time::verify_slices_are_equal(&offered, token).is_ok()
-    }
-}
-
-fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
-    (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
-        .then(|| &value[scheme.len()..])
-}
-
 // === listeners ===
+
+/// What the admin API needs from the running gateway: its shared state, and a reload (`POST
+/// /reload`), which only the gateway can do (it owns the runtime state and the config path).
+pub trait AdminHost: Send + Sync + 'static {
+    fn shared(&self) -> &Shared;
+    fn reload(&self) -> Result<u64, ConfigErrors>;
+}
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,18 +48,22 @@ enum Surface {
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
-pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, gw: Arc<dyn AdminHost>, shutdown: watch::Receiver<bool>) {
     serve(listener, gw, shutdown, Surface::Full).await
 }
 
 /// Serves only `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` turns true.
-pub async fn run_metrics(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+pub async fn run_metrics(
+    listener: TcpListener,
+    gw: Arc<dyn AdminHost>,
+    shutdown: watch::Receiver<bool>,
+) {
     serve(listener, gw, shutdown, Surface::ScrapeOnly).await
 }
 
 async fn serve(
     listener: TcpListener,
-    gw: Arc<Gateway>,
+    gw: Arc<dyn AdminHost>,
     mut shutdown: watch::Receiver<bool>,
     surface: Surface,
 ) {
@@ -239,11 +128,12 @@ fn unauthorized(basic: bool) -> Response<Full<Bytes>> {
 }
 
 async fn route(
-    gw: &Arc<Gateway>,
+    host: &Arc<dyn AdminHost>,
     sampler: &Sampler,
     surface: Surface,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let gw = host.shared();
     let path = req.uri().path();
     if surface == Surface::ScrapeOnly && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return json(
@@ -355,11 +245,11 @@ async fn route(
         }
         (&Method::GET, p) if crate::usage::usage_route(p).is_some() => {
             let id = crate::usage::usage_route(p).unwrap_or_default();
-            let (status, body) = crate::usage::tenant_usage(gw, id).await;
+            let (status, body) = crate::usage_export::tenant_usage(gw, id).await;
             json(status, body)
         }
         (&Method::POST, "/reload") => {
-            let g = gw.clone();
+            let g = host.clone();
             match tokio::task::spawn_blocking(move || g.reload()).await {
                 Ok(Ok(generation)) => json(
                     StatusCode::OK,

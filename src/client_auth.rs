@@ -2,39 +2,31 @@
 //! `client_cert` tenancy source.
 //!
 //! The CA is compiled into the snapshot like every certificate (so it is watched and reloaded
-//! with them); the rustls server config holds a [`SnapshotClientVerifier`] that asks the
-//! *current* snapshot on every handshake. `mode: required` refuses a handshake without a valid
-//! certificate; `optional` accepts one without a certificate but still refuses an invalid one.
-//! Refusals are counted by reason (`gateway_client_cert_failures{reason}`).
+//! with them); the rustls server config holds a `tls_accept::SnapshotClientVerifier` that asks
+//! the *current* snapshot on every handshake. `mode: required` refuses a handshake without a
+//! valid certificate; `optional` accepts one without a certificate but still refuses an invalid
+//! one. Refusals are counted by reason (`gateway_client_cert_failures{reason}`).
 //!
 //! A verified certificate's DNS and URI SANs (e.g. `spiffe://acme.example/billing`) are kept
 //! with the connection; a tenant whose `client_cert_sans` lists one of them is the certificate's
-//! tenant, and it must agree with every other source (403 `tenant_mismatch`).
+//! tenant, and it must agree with every other source (403 `tenant_mismatch`; `tenant::join_cert`).
+//! Compiling `tls.client_auth` and `client_cert_sans` is `config::edge`.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::CertificateError;
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::ConfigErrors;
-use crate::config::raw::{RawClientAuthMode, RawConfig, RawSource};
-use crate::error::GatewayError;
-use crate::proxy_protocol::TrustedProxies;
-use crate::snapshot::{ListenerSpec, Snapshot, TenantId};
-use crate::tenant::{Identity, SourceSet};
+use crate::config::raw::RawClientAuthMode;
 
 /// Compiled `tls.client_auth`.
 #[derive(Clone)]
 pub struct ClientAuth {
     pub required: bool,
-    verifier: Arc<dyn ClientCertVerifier>,
+    pub(crate) verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -45,84 +37,11 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-/// The edge identity settings compiled from one config.
-pub struct EdgeIdentity {
-    pub client_auth: Option<ClientAuth>,
-    pub trusted_proxies: TrustedProxies,
-    /// Files to watch (the CA bundle).
-    pub files: Vec<PathBuf>,
-}
-
-/// Compiles `tls.client_auth`, `trusted_proxies` and their cross-checks, pushing errors with
-/// their YAML paths.
-pub fn compile_edge(
-    errors: &mut ConfigErrors,
-    raw: &RawConfig,
-    listeners: &[ListenerSpec],
-) -> EdgeIdentity {
-    let mut files = Vec::new();
-    let client_auth = raw
-        .tls
-        .as_ref()
-        .and_then(|t| t.client_auth.as_ref())
-        .and_then(|ca| {
-            files.push(ca.ca_file.clone());
-            match build_verifier(&ca.ca_file, ca.mode) {
-                Ok(v) => Some(ClientAuth {
-                    required: ca.mode == RawClientAuthMode::Required,
-                    verifier: v,
-                }),
-                Err(e) => {
-                    errors.push("tls.client_auth.ca_file", e);
-                    None
-                }
-            }
-        });
-    let client_auth_configured = raw.tls.as_ref().is_some_and(|t| t.client_auth.is_some());
-    if client_auth_configured && !listeners.iter().any(|l| l.tls) {
-        errors.push(
-            "tls.client_auth",
-            "client certificates need a TLS listener (listeners[].tls: true)",
-        );
-    }
-    if raw.tenancy.sources.contains(&RawSource::ClientCert) && !client_auth_configured {
-        errors.push(
-            "tenancy.sources",
-            "client_cert is listed but tls.client_auth is not configured",
-        );
-    }
-    let mut cidrs = Vec::new();
-    for (i, c) in raw.trusted_proxies.iter().enumerate() {
-        match crate::proxy_protocol::Cidr::parse(c) {
-            Some(cidr) => cidrs.push(cidr),
-            None => errors.push(
-                format!("trusted_proxies[{i}]"),
-                format!("{c:?} is not an IP address or CIDR (10.0.0.0/8, fd00::/8)"),
-            ),
-        }
-    }
-    if raw.trusted_proxies.is_empty() {
-        for (i, l) in raw.listeners.iter().enumerate() {
-            if l.proxy_protocol {
-                errors.push(
-                    format!("listeners[{i}].proxy_protocol"),
-                    "set trusted_proxies: a PROXY header is only accepted from a trusted peer",
-                );
-            }
-        }
-    }
-    EdgeIdentity {
-        client_auth,
-        trusted_proxies: TrustedProxies::new(cidrs),
-        files,
-    }
-}
-
-fn build_verifier(
+pub(crate) fn build_verifier(
     ca_file: &std::path::Path,
     mode: RawClientAuthMode,
 ) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    let pem = crate::config::read_file(ca_file)
+    let pem = crate::files::read_file(ca_file)
         .map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -143,41 +62,8 @@ fn build_verifier(
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Records a tenant's `client_cert_sans` in `table`; a SAN listed by two tenants is an error.
-pub fn claim_sans(
-    errors: &mut ConfigErrors,
-    table: &mut HashMap<Box<str>, TenantId>,
-    path: &str,
-    sans: &[String],
-    id: TenantId,
-    client_auth: bool,
-) {
-    if !sans.is_empty() && !client_auth {
-        errors.push(
-            format!("{path}.client_cert_sans"),
-            "tls.client_auth is not configured",
-        );
-    }
-    for (i, san) in sans.iter().enumerate() {
-        let key = normalize_san(san);
-        if key.is_empty() {
-            errors.push(format!("{path}.client_cert_sans[{i}]"), "must not be empty");
-            continue;
-        }
-        if table
-            .insert(key.into(), id)
-            .is_some_and(|other| other != id)
-        {
-            errors.push(
-                format!("{path}.client_cert_sans[{i}]"),
-                format!("{san:?} is already listed by another tenant"),
-            );
-        }
-    }
-}
-
 /// DNS names compare case-insensitively; URIs (SPIFFE IDs) exactly.
-fn normalize_san(s: &str) -> String {
+pub(crate) fn normalize_san(s: &str) -> String {
     if s.contains(':') {
         s.to_owned()
     } else {
@@ -204,44 +90,6 @@ pub fn cert_sans(der: &CertificateDer<'_>) -> Vec<Box<str>> {
     out
 }
 
-/// Phase "resolve tenant", client-certificate part: joins the tenant named by the connection's
-/// certificate SANs to what SNI/Host said. Different tenants → 403 `tenant_mismatch`. When
-/// `client_cert` is not an allowed source the certificate only corroborates.
-pub fn join_cert(
-    snap: &Snapshot,
-    sans: &[Box<str>],
-    by_conn: Option<Identity>,
-) -> Result<Option<Identity>, GatewayError> {
-    let mut by_cert: Option<TenantId> = None;
-    for san in sans {
-        if let Some(&t) = snap.client_cert_sans.get(san) {
-            if by_cert.is_some_and(|b| b != t) {
-                return Err(GatewayError::TenantMismatch);
-            }
-            by_cert = Some(t);
-        }
-    }
-    let Some(tenant) = by_cert else {
-        return Ok(by_conn);
-    };
-    match by_conn {
-        Some(id) if id.tenant != tenant => Err(GatewayError::TenantMismatch),
-        Some(mut id) => {
-            if snap.sources.client_cert {
-                id.sources.insert(SourceSet::CLIENT_CERT);
-            }
-            Ok(Some(id))
-        }
-        None => {
-            let mut sources = SourceSet::default();
-            if snap.sources.client_cert {
-                sources.insert(SourceSet::CLIENT_CERT);
-            }
-            Ok(Some(Identity { tenant, sources }))
-        }
-    }
-}
-
 /// Why a handshake failed on the client certificate, for `client_cert_failures{reason}`;
 /// `None` when the failure was something else.
 pub fn failure_reason(e: &std::io::Error) -> Option<&'static str> {
@@ -263,94 +111,4 @@ pub fn failure_reason(e: &std::io::Error) -> Option<&'static str> {
         },
         _ => return None,
     })
-}
-
-// === impl SnapshotClientVerifier ===
-
-/// Verifies client certificates with the current snapshot's `tls.client_auth`, so a reload
-/// that changes the CA takes effect on the next handshake. Without `client_auth` it asks for
-/// no certificate.
-pub struct SnapshotClientVerifier {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    schemes: Vec<SignatureScheme>,
-}
-
-impl SnapshotClientVerifier {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self {
-            snapshot,
-            schemes: crate::tls::provider()
-                .signature_verification_algorithms
-                .supported_schemes(),
-        }
-    }
-
-    fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        self.snapshot
-            .load()
-            .client_auth
-            .as_ref()
-            .map(|c| c.verifier.clone())
-            .ok_or(rustls::Error::General(
-                "client authentication is not configured".into(),
-            ))
-    }
-}
-
-impl std::fmt::Debug for SnapshotClientVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SnapshotClientVerifier")
-    }
-}
-
-impl ClientCertVerifier for SnapshotClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.snapshot.load().client_auth.is_some()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.snapshot
-            .load()
-            .client_auth
-            .as_ref()
-            .is_some_and(|c| c.required)
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // The hints would borrow from a snapshot that a reload may drop; clients with one
-        // certificate send it regardless.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()?
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current()?.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current()?.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
 }

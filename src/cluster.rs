@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
-use crate::snapshot::Rate;
+use crate::limits::Rate;
 
 /// What to do while Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -205,10 +205,7 @@ impl FairQueue {
         Slot {
             queue: self.clone(),
             // Timed only for the adaptive estimate.
-            started: self
-                .adaptive_on
-                .load(Ordering::Relaxed)
-                .then(Instant::now),
+            started: self.adaptive_on.load(Ordering::Relaxed).then(Instant::now),
         }
     }
 

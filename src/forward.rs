@@ -13,12 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::conn::{ActiveRequest, ConnInfo};
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::gateway::Gateway;
 use crate::headers::{forwarding, hop};
 use crate::io::{Observe, ObserveReads};
 use crate::limits::TenantStats;
-use crate::proxy::{ActiveRequest, ConnInfo};
 use crate::signing::{SignedFields, unix_now};
 use crate::snapshot::{Route, Snapshot, Tenant};
 use crate::tenant::Identity;
@@ -124,6 +123,16 @@ pub struct Hold {
     pub active: ActiveRequest,
 }
 
+/// What the upgrade splice needs from the running gateway, borrowed until a 101 arrives: the
+/// live snapshot (the tenant is re-checked after a reload), the reload notifications and the
+/// count of open upgraded connections (a drain waits for them).
+#[derive(Clone, Copy)]
+pub struct Upgrades<'a> {
+    pub cell: &'a Arc<arc_swap::ArcSwap<Snapshot>>,
+    pub reloads: &'a tokio::sync::watch::Sender<u64>,
+    pub open: &'a Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Sends the rewritten request to an endpoint of the route's pool and streams the answer back.
 ///
 /// `hold` is kept until the response body has been sent. A body over the tenant's
@@ -134,7 +143,7 @@ pub struct Hold {
 /// retried once bytes may have reached an upstream.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    gw: &Gateway,
+    upgrades: Upgrades<'_>,
     client: &UpstreamClient,
     snap: &Snapshot,
     conn: &ConnInfo,
@@ -281,9 +290,9 @@ pub async fn forward(
             idle: snap.limits.idle_timeout,
             tenant: fwd.tenant.name.clone(),
             close_on_suspend: snap.limits.close_upgraded_on_suspend,
-            cell: gw.snapshot_cell(),
-            reloads: gw.subscribe_reloads(),
-            open: gw.upgraded.clone(),
+            cell: upgrades.cell.clone(),
+            reloads: upgrades.reloads.subscribe(),
+            open: upgrades.open.clone(),
         };
         return Ok(splice_upgrade(resp, client_upgrade, protocol, watch, guard));
     }

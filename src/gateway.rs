@@ -1,6 +1,7 @@
-//! The running gateway's shared state: the current snapshot (one `ArcSwap`), the runtime state
-//! that outlives snapshots, and the reload path (read → parse → compile → swap, one at a time;
-//! on error keep the old one).
+//! The running gateway, the top of the module graph: it owns the state it shares with the
+//! listeners and the admin API (`shared::Shared`: the current snapshot in one `ArcSwap`,
+//! metrics, store, meter), the runtime state that outlives snapshots, and the reload path
+//! (read → parse → compile → swap, one at a time; on error keep the old one).
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,32 +23,21 @@ use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
 pub struct Gateway {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// What the listeners, the request path and the admin API share (snapshot, metrics, store,
+    /// meter, reload notifications, connection counters).
+    shared: Arc<Shared>,
     /// State that outlives snapshots, by identity (limiters, slots, health, queues, caches).
     runtime: Arc<Runtime>,
     /// Serialises reloads: read, compile and swap happen as one, so the file read last is the
     /// one installed, and its generation says so.
     reload_lock: Mutex<()>,
     config_path: Option<PathBuf>,
-    generation: AtomicU64,
-    last_reload_error: Mutex<Option<String>>,
-    metrics: Metrics,
-    draining: AtomicBool,
-    /// The cluster rate-limit store, made at start from `cluster.rate_limit_store`.
-    store: Option<Arc<RedisStore>>,
-    /// Bumped on every good reload (upgraded connections re-check their tenant).
-    reloads: watch::Sender<u64>,
-    /// Upgraded (WebSocket) connections open now; a drain waits for them up to the grace period.
-    pub(crate) upgraded: Arc<std::sync::atomic::AtomicUsize>,
-    /// Open connections per client IP, for `limits.max_connections_per_ip`.
-    pub(crate) per_ip: DashMap<std::net::IpAddr, usize>,
-    /// Quota counts and usage periods per tenant; outlives reloads.
-    meter: Arc<crate::quota::Meter>,
     /// `usage.export`, made at start from the first config (changes take effect on restart).
-    exporter: Option<Arc<crate::usage::Exporter>>,
+    exporter: Option<Arc<crate::usage_export::Exporter>>,
 }
 
 impl Gateway {
@@ -71,22 +61,24 @@ impl Gateway {
         let export = snapshot.usage.export.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let exporter =
-            export.map(|e| crate::usage::Exporter::new(e, snapshot.clone(), meter.clone()));
+            export.map(|e| crate::usage_export::Exporter::new(e, snapshot.clone(), meter.clone()));
         Arc::new(Self {
-            meter,
+            shared: Arc::new(Shared {
+                meter,
+                metrics: Metrics::new(snapshot.clone()),
+                draining: AtomicBool::new(false),
+                store,
+                reloads: watch::channel(1).0,
+                upgraded: Arc::default(),
+                per_ip: DashMap::new(),
+                snapshot,
+                generation: AtomicU64::new(1),
+                last_reload_error: Mutex::new(None),
+            }),
             exporter,
-            metrics: Metrics::new(snapshot.clone()),
-            draining: AtomicBool::new(false),
-            store,
-            reloads: watch::channel(1).0,
-            upgraded: Arc::default(),
-            per_ip: DashMap::new(),
-            snapshot,
             runtime,
             reload_lock: Mutex::new(()),
             config_path,
-            generation: AtomicU64::new(1),
-            last_reload_error: Mutex::new(None),
         })
     }
 
@@ -112,32 +104,37 @@ impl Gateway {
         self.config_path.as_deref()
     }
 
+    /// What the listeners, the request path and the admin API share.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The current snapshot. A request takes it once and keeps it to the end.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.shared.snapshot()
     }
 
     pub(crate) fn snapshot_cell(&self) -> Arc<ArcSwap<Snapshot>> {
-        self.snapshot.clone()
+        self.shared.snapshot_cell()
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        self.shared.metrics()
     }
 
     /// Notified with the generation after every good reload.
     pub fn subscribe_reloads(&self) -> watch::Receiver<u64> {
-        self.reloads.subscribe()
+        self.shared.subscribe_reloads()
     }
 
     /// The shared rate-limit store, in cluster mode.
     pub fn rate_limit_store(&self) -> Option<&RedisStore> {
-        self.store.as_deref()
+        self.shared.rate_limit_store()
     }
 
     /// The quota and usage meter (its clock can be pinned in tests).
     pub fn meter(&self) -> &crate::quota::Meter {
-        &self.meter
+        self.shared.meter()
     }
 
     /// Exports the usage of the interval in progress and writes the state file (shutdown,
@@ -148,25 +145,22 @@ impl Gateway {
         {
             tracing::warn!(error = %err, "usage export failed");
         }
-        crate::usage::save_state(&self.meter, &self.snapshot);
+        crate::usage_export::save_state(&self.shared.meter, &self.shared.snapshot);
     }
 
     /// True once shutdown has begun: `/readyz` answers 503.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.shared.is_draining()
     }
 
     /// Number of good loads so far (1 after start).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.shared.generation()
     }
 
     /// The error of the last failed reload, cleared by a good one.
     pub fn last_reload_error(&self) -> Option<String> {
-        self.last_reload_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.shared.last_reload_error()
     }
 
     /// Re-reads the config file and swaps the snapshot. On any error the current snapshot
@@ -184,12 +178,13 @@ impl Gateway {
     /// Swaps in a compiled snapshot (or records why there is none).
     pub fn install(&self, result: Result<Snapshot, ConfigErrors>) -> Result<u64, ConfigErrors> {
         let mut last = self
+            .shared
             .last_reload_error
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(next) => {
-                let current = self.snapshot.load();
+                let current = self.shared.snapshot.load();
                 if next.usage != current.usage {
                     tracing::warn!("usage settings (state file, export) take effect on restart");
                 }
@@ -216,13 +211,13 @@ impl Gateway {
                 drop(current);
                 let hash = next.content_hash.clone();
                 next.activate();
-                self.snapshot.store(Arc::new(next));
-                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                self.shared.snapshot.store(Arc::new(next));
+                let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *last = None;
-                Metrics::count(&self.metrics.reloads, "result", "ok");
-                self.metrics.last_reload_failed.set(0);
-                self.reloads.send_replace(generation);
-                self.metrics.config_generation.set(generation as i64);
+                Metrics::count(&self.shared.metrics.reloads, "result", "ok");
+                self.shared.metrics.last_reload_failed.set(0);
+                self.shared.reloads.send_replace(generation);
+                self.shared.metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, hash = %hash, %summary, "config reloaded");
                 Ok(generation)
             }
@@ -231,8 +226,8 @@ impl Gateway {
                     tracing::error!(path = %e.path, error = %e.message, "config reload rejected; keeping the current config");
                 }
                 *last = Some(errors.to_string());
-                Metrics::count(&self.metrics.reloads, "result", "error");
-                self.metrics.last_reload_failed.set(1);
+                Metrics::count(&self.shared.metrics.reloads, "result", "error");
+                self.shared.metrics.last_reload_failed.set(1);
                 Err(errors)
             }
         }
@@ -263,7 +258,7 @@ impl Gateway {
                 server::ListenerCtx {
                     name: spec.name.clone(),
                     tls: spec.tls.then(|| tls.clone()),
-                    gateway: self.clone(),
+                    shared: self.shared.clone(),
                     connections: connections.clone(),
                     proxy_protocol: spec.proxy_protocol,
                 },
@@ -295,9 +290,9 @@ impl Gateway {
         if let Some(e) = &self.exporter {
             usage_tasks.push(tokio::spawn(e.clone().run()));
         }
-        if self.meter.has_state_file() {
-            usage_tasks.push(tokio::spawn(crate::usage::save_state_every(
-                self.meter.clone(),
+        if self.shared.meter.has_state_file() {
+            usage_tasks.push(tokio::spawn(crate::usage_export::save_state_every(
+                self.shared.meter.clone(),
                 self.snapshot_cell(),
                 snap.usage.state_interval,
             )));
@@ -311,6 +306,16 @@ impl Gateway {
             gateway: self.clone(),
             tasks,
         })
+    }
+}
+
+impl admin::AdminHost for Gateway {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn reload(&self) -> Result<u64, ConfigErrors> {
+        Gateway::reload(self)
     }
 }
 
@@ -339,7 +344,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
     /// `/readyz` answers 503 from the start of the drain; the admin listener closes last.
     pub async fn shutdown(mut self) {
-        self.gateway.draining.store(true, Ordering::Relaxed);
+        self.gateway.shared.draining.store(true, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let _ = self.shutdown.send(true);
         let mut admin_closed = false;
@@ -348,7 +353,8 @@ impl Running {
             if !admin_closed && self.tasks.len() <= self.admin_tasks {
                 // Upgraded connections left hyper's accounting at the 101: wait for them here.
                 let grace = self.gateway.snapshot().limits.shutdown_grace;
-                while self.gateway.upgraded.load(Ordering::Relaxed) > 0 && started.elapsed() < grace
+                while self.gateway.shared.upgraded.load(Ordering::Relaxed) > 0
+                    && started.elapsed() < grace
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -2,45 +2,48 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the YAML file (`config::raw`) and its compilation into a [`snapshot::Snapshot`],
-//!   collecting every error with its YAML path.
-//! - [`snapshot`]: the compiled, immutable config a request runs against.
-//! - [`runtime`]: state that outlives snapshots (limiters, slots, counters, endpoint health,
-//!   queues, clients, token caches), in registries keyed by identity.
-//! - [`gateway`]: shared state (one `ArcSwap<Snapshot>`, the upstream client), reload, start.
-//! - [`server`]: listeners, connection cap, TLS handshake, HTTP/1.1 + HTTP/2, graceful drain.
-//! - [`tls`]: certificate loading and SNI-based certificate selection.
-//! - [`proxy`]: the request path, phase by phase, calling:
-//!   [`tenant`] (resolve tenant, agreement) → [`token`] (authenticate) → [`route`] →
-//!   [`limits`] (admit) → [`forward`] (strip, sign, send).
-//! - [`admin`], [`metrics`], [`watch`]: the admin API, Prometheus metrics, reload on file change.
-//! - [`quota`], [`usage`]: calendar quotas and the usage meter; `/tenants/<id>/usage`, export.
-//! - [`client_auth`], [`proxy_protocol`]: client certificates (mTLS), the real client address
-//!   (`trusted_proxies`, PROXY protocol, `x-forwarded-for`).
-//! - [`stats`]: the `/stats` JSON the admin `/dashboard` page refreshes from.
-//! - [`headers`]: hop-by-hop, forwarding and trusted tenant headers; framing checks.
-//! - [`io`]: an I/O wrapper that shows reads to an observer (head scan, upgrade idle clock).
-//! - [`signing`]: the `x-tenant-signature` signer and the verifier upstreams use.
-//! - [`upstream`]: upstream pools, balancing, the pooled client.
-//! - [`fairshare`]: a pool's `capacity`: slots, per-tenant queues, weighted fair dispatch.
-//! - [`normalize`]: the request path as routes match it, as it is signed and forwarded.
-//! - [`error`]: `GatewayError` and SPEC's status codes.
-//! - [`devcerts`], [`demo`]: throwaway certificates and the newcomer's demo.
+//! Imports run one way, top to bottom (no cycle; README "Module graph" has the table):
+//!
+//! - entry points: [`gateway`] (owns the snapshot cell, the runtime state and the reload path;
+//!   binds and starts the listeners), [`watch`] (reload on file change), [`demo`].
+//! - server: [`server`] (listeners, connection cap, HTTP/1.1 + HTTP/2, graceful drain),
+//!   [`tls_accept`] (handshake-time certificate and client-certificate choice from the live
+//!   snapshot), [`admin`] (the admin API; reaches the gateway through `admin::AdminHost`),
+//!   [`usage_export`] (usage export, state file, `/tenants/<id>/usage`).
+//! - pipeline: [`proxy`], the request path, phase by phase.
+//! - shared context: [`shared`] (what the gateway hands down: snapshot cell, metrics, store,
+//!   meter, reload notifications, connection counters), [`metrics`] (Prometheus), [`stats`]
+//!   (the `/stats` JSON the admin `/dashboard` page refreshes from).
+//! - phases: [`tenant`] (resolve tenant, client certificate, agreement) → [`token`]
+//!   (authenticate) → [`route`] → [`admit`] (rate, quota, concurrency) → [`forward`] (strip,
+//!   sign, send, splice upgrades); `headers::framing` (smuggling and size checks).
+//! - snapshot and compile: [`snapshot`] (the compiled, immutable config a request runs against),
+//!   [`config`] (the YAML file and its compilation, collecting every error with its YAML path).
+//! - state types: [`runtime`] (state that outlives snapshots, in registries keyed by identity),
+//!   [`limits`], [`cluster`], [`quota`], [`usage`], [`upstream`], [`token`] and `token::jwks`,
+//!   [`tls`] (certificate store), [`client_auth`], [`proxy_protocol`], [`conn`] (what the accept
+//!   phase learned about a connection), [`admin_access`], `config::raw`.
+//! - leaf utilities: [`body`], [`io`], [`error`], [`normalize`], [`fairshare`], [`signing`],
+//!   [`headers`], [`devcerts`], [`files`] (bounded reads of the files a config names),
+//!   `config::errors`.
 
 pub mod admin;
+pub mod admin_access;
+pub mod admit;
 pub mod body;
 pub mod client_auth;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod devcerts;
 pub mod error;
 pub mod fairshare;
+pub mod files;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod io;
-pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod normalize;
@@ -50,14 +53,17 @@ pub mod quota;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod shared;
 pub mod signing;
 pub mod snapshot;
 pub mod stats;
 pub mod tenant;
 pub mod tls;
+pub mod tls_accept;
 pub mod token;
 pub mod upstream;
 pub mod usage;
+pub mod usage_export;
 pub mod watch;
 
 pub use error::GatewayError;

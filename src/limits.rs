@@ -1,5 +1,6 @@
-//! Phase "admit": a tenant's rate limit (GCRA, `governor`), its concurrency cap, and the
-//! per-tenant counters the metrics read.
+//! A tenant's rate limiter (GCRA, `governor`), its concurrency cap, and the per-tenant counters
+//! the metrics and `/stats` read (state types; the "admit" phase that uses them is
+//! `admit`).
 //!
 //! Limiters, concurrency caps and counters are runtime state (`runtime::Runtime`): a reload
 //! that keeps a tenant's rate keeps its limiter (no fresh burst), a tenant keeps its
@@ -16,12 +17,10 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::HeaderValue;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cluster::{Decision, OnError, QuotaCheck, RedisStore};
 use crate::error::GatewayError;
-use crate::quota::{self, Meter, QuotaSpec, QuotaState};
-use crate::snapshot::Tenant;
 
 /// A tenant's rate: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +51,7 @@ impl std::fmt::Debug for TenantLimiter {
     }
 }
 
-fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
@@ -93,7 +92,7 @@ impl TenantLimiter {
     }
 }
 
-fn ratelimit_value(remaining: u32, reset_secs: u64) -> HeaderValue {
+pub(crate) fn ratelimit_value(remaining: u32, reset_secs: u64) -> HeaderValue {
     HeaderValue::try_from(format!("\"tenant\";r={remaining};t={reset_secs}"))
         .unwrap_or_else(|_| HeaderValue::from_static("\"tenant\";r=0;t=1"))
 }
@@ -220,9 +219,9 @@ pub struct TenantStats {
     /// Time spent waiting for a pool slot (only requests that waited); made on first use.
     pub queue_wait: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
     /// Responses by status class and latency (metrics).
-    pub responses: crate::metrics::ResponseStats,
+    pub responses: ResponseStats,
     /// 429 and 503 refusals by error code (`/stats`).
-    pub refused: crate::stats::Refusals,
+    pub refused: Refusals,
 }
 
 impl TenantStats {
@@ -233,206 +232,89 @@ impl TenantStats {
     /// Records how long a request waited in a saturated pool's queue.
     pub fn observe_queue_wait(&self, waited: std::time::Duration) {
         self.queue_wait
-            .get_or_init(crate::metrics::latency_histogram)
+            .get_or_init(latency_histogram)
             .observe(waited.as_secs_f64());
     }
-}
-
-/// What admission hands to the rest of the request.
-#[derive(Debug, Default)]
-pub struct Admission {
-    /// Held until the response body ends.
-    pub permit: Option<ConcurrencyPermit>,
-}
-
-fn check_local(
-    tenant: &Tenant,
-    limiter: &TenantLimiter,
-    rl: &mut Option<RateLimitHeaders>,
-) -> Result<(), GatewayError> {
-    match limiter.check() {
-        Ok(state) => {
-            *rl = Some((limiter.policy().clone(), state));
-            Ok(())
-        }
-        Err(wait) => Err(limited(tenant, limiter, wait, rl)),
-    }
-}
-
-fn limited(
-    tenant: &Tenant,
-    limiter: &TenantLimiter,
-    wait: Duration,
-    rl: &mut Option<RateLimitHeaders>,
-) -> GatewayError {
-    *rl = Some((
-        limiter.policy().clone(),
-        ratelimit_value(0, ceil_secs(wait)),
-    ));
-    TenantStats::bump(&tenant.stats.rate_limited);
-    GatewayError::RateLimited { retry_after: wait }
-}
-
-fn over_quota(tenant: &Tenant, st: QuotaState, ql: &mut Option<RateLimitHeaders>) -> GatewayError {
-    *ql = Some(st.headers());
-    TenantStats::bump(&tenant.stats.quota_exceeded);
-    GatewayError::QuotaExceeded {
-        retry_after: st.retry_after(),
-    }
-}
-
-/// Quota, then rate, checked on this replica under the tenant's meter entry, so the check and
-/// the count are one step; a request refused by either takes nothing from the other.
-fn check_locally(
-    tenant: &Tenant,
-    limiter: Option<&TenantLimiter>,
-    quota: Option<QuotaSpec>,
-    meter: &Meter,
-    now: i64,
-    rl: &mut Option<RateLimitHeaders>,
-    ql: &mut Option<RateLimitHeaders>,
-) -> Result<(), GatewayError> {
-    let mut slot = None;
-    let mut entry = meter.lock(
-        &tenant.name,
-        quota::usage_period(quota),
-        now,
-        &tenant.stats,
-        &mut slot,
-    );
-    let state = quota.map(|spec| QuotaState {
-        spec,
-        used: entry.requests,
-        end: entry.end,
-        now,
-    });
-    if let Some(st) = state
-        && st.used >= st.spec.requests
-    {
-        return Err(over_quota(tenant, st, ql));
-    }
-    if let Some(l) = limiter {
-        check_local(tenant, l, rl)?;
-    }
-    entry.requests += 1;
-    if let Some(mut st) = state {
-        st.used += 1;
-        *ql = Some(st.headers());
-    }
-    Ok(())
 }
 
 /// The `RateLimit-Policy` and `RateLimit` values for a response.
 pub type RateLimitHeaders = (HeaderValue, HeaderValue);
 
-/// Admits a request for `tenant` or says why not. `rl` receives the rate-limit headers to put on
-/// the response, whatever its status; `ql` the `"quota"` policy's, when the tenant has a quota.
+/// Latency buckets, seconds: 0.5 ms .. ~16 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+/// Response counts by status class and the latency histogram of one tenant.
 ///
-/// With a cluster `store`, the tenant's rate and quota are checked in Redis (one script, one
-/// round trip, bounded); while the store cannot answer, its `on_error` policy applies, `local`
-/// meaning this replica's share of both. Without a store, both are checked here, and `meter`
-/// counts the request in the tenant's period either way.
-pub async fn admit(
-    tenant: &Tenant,
-    store: Option<&RedisStore>,
-    meter: &Meter,
-    rl: &mut Option<RateLimitHeaders>,
-    ql: &mut Option<RateLimitHeaders>,
-) -> Result<Admission, GatewayError> {
-    let now = meter.clock.now();
-    let quota = tenant.limits.quota;
-    let period = quota::usage_period(quota);
-    let limiter = tenant.limiter.as_deref();
-    match store.filter(|_| limiter.is_some() || quota.is_some()) {
-        None => check_locally(tenant, limiter, quota, meter, now, rl, ql)?,
-        Some(store) => {
-            let (start, end) = period.bounds(now);
-            let check = quota.map(|q| QuotaCheck {
-                limit: q.requests,
-                period_start: start,
-                ttl_secs: end - now,
-            });
-            match store
-                .check(&tenant.name, limiter.map(|l| l.rate), check)
-                .await
-            {
-                Ok(Decision::Allowed {
-                    remaining,
-                    quota_used,
-                }) => {
-                    if let Some(l) = limiter {
-                        let missing = l.rate.burst.saturating_sub(remaining);
-                        let reset = u64::from(missing).div_ceil(u64::from(l.rate.per_second));
-                        *rl = Some((l.policy().clone(), ratelimit_value(remaining, reset)));
-                    }
-                    if let (Some(spec), Some(used)) = (quota, quota_used) {
-                        *ql = Some(
-                            QuotaState {
-                                spec,
-                                used,
-                                end,
-                                now,
-                            }
-                            .headers(),
-                        );
-                    }
-                    meter.count(&tenant.name, period, now, &tenant.stats);
-                }
-                Ok(Decision::Limited { retry_after }) => {
-                    if let Some(l) = limiter {
-                        return Err(limited(tenant, l, retry_after, rl));
-                    }
-                }
-                Ok(Decision::QuotaExceeded { used }) => {
-                    if let Some(spec) = quota {
-                        let st = QuotaState {
-                            spec,
-                            used,
-                            end,
-                            now,
-                        };
-                        return Err(over_quota(tenant, st, ql));
-                    }
-                }
-                Err(_) => match store.settings.on_error {
-                    OnError::Allow => meter.count(&tenant.name, period, now, &tenant.stats),
-                    OnError::Deny => return Err(GatewayError::RateLimitUnavailable),
-                    // This replica's share of the rate and of the quota; the headers describe
-                    // the share being enforced.
-                    OnError::Local => {
-                        let share = tenant.fallback.as_deref().or(limiter);
-                        let replicas = u64::from(store.settings.replicas.max(1));
-                        let quota_share = quota.map(|q| QuotaSpec {
-                            requests: (q.requests / replicas).max(1),
-                            period: q.period,
-                        });
-                        check_locally(tenant, share, quota_share, meter, now, rl, ql)?;
-                    }
-                },
-            }
-        }
+/// The histogram (about 400 bytes) is made on the tenant's first response: a config with
+/// 10,000 mostly idle tenants does not pay for 10,000 of them, and an idle tenant has no
+/// latency series (its counters, at zero, are not exported either).
+#[derive(Debug, Default)]
+pub struct ResponseStats {
+    /// 1xx..5xx.
+    pub by_class: [AtomicU64; 5],
+    latency: std::sync::OnceLock<Histogram>,
+}
+
+impl ResponseStats {
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .get_or_init(latency_histogram)
+            .observe(elapsed.as_secs_f64());
     }
-    let permit = match &tenant.concurrency {
-        None => None,
-        Some(c) => {
-            let got = match tenant.limits.queue {
-                None => c.try_acquire(),
-                // A short queue, never past its own deadline.
-                Some(wait) => c.acquire_within(wait).await,
-            };
-            match got {
-                Some(p) => Some(p),
-                None => {
-                    TenantStats::bump(&tenant.stats.overloaded);
-                    return Err(GatewayError::TenantOverloaded {
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
-            }
+
+    /// The latency histogram, once the tenant has had a response.
+    pub fn latency(&self) -> Option<&Histogram> {
+        self.latency.get()
+    }
+}
+
+/// The codes a 429 or 503 refusal is counted under; anything else with those statuses is `other`.
+pub const REFUSAL_CODES: [(u16, &str); 7] = [
+    (429, "rate_limited"),
+    (429, "quota_exceeded"),
+    (503, "tenant_overloaded"),
+    (503, "upstream_saturated"),
+    (503, "upstream_unavailable"),
+    (503, "rate_limit_unavailable"),
+    (503, "other"),
+];
+
+/// A tenant's 429 and 503 refusals by error code.
+#[derive(Debug, Default)]
+pub struct Refusals([AtomicU64; REFUSAL_CODES.len()]);
+
+impl Refusals {
+    /// Counts `err` when it is a 429 or a 503 (one atomic add; nothing otherwise).
+    pub fn count(&self, err: &GatewayError) {
+        let status = err.status().as_u16();
+        if status != 429 && status != 503 {
+            return;
         }
-    };
-    TenantStats::bump(&tenant.stats.admitted);
-    Ok(Admission { permit })
+        let code = err.code();
+        let i = REFUSAL_CODES
+            .iter()
+            .position(|(s, c)| *s == status && *c == code)
+            .unwrap_or(REFUSAL_CODES.len() - 1);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts by status, then code (`/stats`).
+    pub fn json(&self) -> serde_json::Value {
+        let mut by_status = serde_json::Map::new();
+        for (i, (status, code)) in REFUSAL_CODES.iter().enumerate() {
+            let entry = by_status
+                .entry(status.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            entry[*code] = serde_json::json!(self.0[i].load(Ordering::Relaxed));
+        }
+        serde_json::Value::Object(by_status)
+    }
 }
 
 #[cfg(test)]
@@ -458,5 +340,21 @@ mod tests {
             wait > Duration::from_millis(100) && wait <= Duration::from_millis(200),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn refusals_count_429_and_503_by_code() {
+        let r = Refusals::default();
+        r.count(&GatewayError::RateLimited {
+            retry_after: Duration::from_secs(1),
+        });
+        r.count(&GatewayError::TenantOverloaded {
+            retry_after: Duration::from_secs(1),
+        });
+        r.count(&GatewayError::NoRoute);
+        let j = r.json();
+        assert_eq!(j["429"]["rate_limited"], 1);
+        assert_eq!(j["503"]["tenant_overloaded"], 1);
+        assert_eq!(j["503"]["other"], 0);
     }
 }

@@ -225,7 +225,7 @@ fn usage(since: &str, file: Option<PathBuf>, config: &Path, json: bool) -> anyho
     let file = match file {
         Some(f) => f,
         None => {
-            let text = config::read_text(config)
+            let text = tenant_gateway::files::read_text(config)
                 .with_context(|| format!("reading {}", config.display()))?;
             let raw = config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
             raw.usage

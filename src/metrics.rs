@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
@@ -16,45 +15,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::limits::TenantStats;
 use crate::snapshot::Snapshot;
-
-/// Latency buckets, seconds: 0.5 ms .. ~16 s.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.0005, 2.0, 16,
-    ))
-}
-
-/// Response counts by status class and the latency histogram of one tenant.
-///
-/// The histogram (about 400 bytes) is made on the tenant's first response: a config with
-/// 10,000 mostly idle tenants does not pay for 10,000 of them, and an idle tenant has no
-/// latency series (its counters, at zero, are not exported either).
-#[derive(Debug, Default)]
-pub struct ResponseStats {
-    /// 1xx..5xx.
-    pub by_class: [AtomicU64; 5],
-    latency: std::sync::OnceLock<Histogram>,
-}
-
-impl ResponseStats {
-    pub fn observe(&self, status: u16, elapsed: Duration) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        self.latency
-            .get_or_init(latency_histogram)
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// The latency histogram, once the tenant has had a response.
-    pub fn latency(&self) -> Option<&Histogram> {
-        self.latency.get()
-    }
-}
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -143,6 +143,8 @@ fn decode(p: &[u8], policy: PathPolicy) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            // A raw NUL would be forwarded as `%00`, which is refused: refuse it here too.
+            0 => return Err(PathError::Nul),
             0x21..=0x7e => {
                 out.push(b as char);
                 i += 1;
@@ -336,6 +338,9 @@ mod tests {
     fn bytes_outside_visible_ascii_are_encoded() {
         assert_eq!(norm("/caf\u{e9}"), Ok("/caf%C3%A9".into()));
         assert_eq!(norm("/a\u{7f}"), Ok("/a%7F".into()));
+        // Found by the fuzzer: a raw NUL is refused like an encoded one (normalising twice must
+        // give the same answer as once).
+        assert_eq!(norm("/x/.\u{1}\0.;/z"), Err(PathError::Nul));
     }
 
     #[test]

@@ -8,138 +8,30 @@
 //! becomes the response, written by `GatewayError::into_response`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::admit::admit;
 use crate::body::ProxyBody;
+use crate::conn::{ActiveRequest, ConnInfo};
 use crate::error::GatewayError;
-use crate::forward::{Forwarding, Hold, forward};
-use crate::gateway::Gateway;
+use crate::forward::{Forwarding, Hold, Upgrades, forward};
 use crate::headers::forwarding;
-use crate::headers::framing::{HeadScan, check_request};
-use crate::limits::{self, RateLimitHeaders, TenantStats, admit};
+use crate::headers::framing::check_request;
+use crate::limits::{self, RateLimitHeaders, TenantStats};
 use crate::metrics::Metrics;
 use crate::normalize::{PathError, PathPolicy, match_path, normalize_path};
 use crate::route::select_route;
+use crate::shared::Shared;
 use crate::signing::unix_now;
 use crate::snapshot::Snapshot;
 use crate::snapshot::TenantId;
 use crate::tenant::{SourceSet, admit_status, agree, apikey_tenant, request_host, resolve_tenant};
 use crate::token::TokenAuth;
-
-/// What the accept phase learned about a connection, shared by its requests.
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    /// The client address, ready to send as `x-forwarded-for`.
-    pub client_ip: HeaderValue,
-    pub tls: bool,
-    /// The TLS server name, lower-case, if the client sent one.
-    pub sni: Option<Box<str>>,
-    /// The TCP peer (a trusted load balancer) when a PROXY header named `remote`.
-    pub proxied_by: Option<SocketAddr>,
-    /// DNS and URI SANs of the client certificate the TLS handshake verified.
-    pub client_sans: Box<[Box<str>]>,
-    /// When the connection was accepted (the idle clock's origin).
-    opened: Instant,
-    /// Requests in progress (until their response body has been sent).
-    active: AtomicUsize,
-    /// When the last request ended, in ms since `opened`.
-    idle_since_ms: AtomicU64,
-    /// What the raw bytes of the current HTTP/1 request head showed.
-    head_scan: HeadScan,
-    /// What the connection holds until every reference to it is gone (its connection slots:
-    /// an upgraded connection keeps them through the `ActiveRequest` its splice holds).
-    _holds: Option<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-impl std::fmt::Debug for ConnInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnInfo")
-            .field("remote", &self.remote)
-            .field("tls", &self.tls)
-            .field("sni", &self.sni)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnInfo {
-    pub fn new(remote: SocketAddr, tls: bool, sni: Option<&str>) -> Self {
-        Self {
-            remote,
-            client_ip: HeaderValue::try_from(remote.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            tls,
-            sni: sni.map(|s| s.to_ascii_lowercase().into()),
-            proxied_by: None,
-            client_sans: Box::default(),
-            opened: Instant::now(),
-            active: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            head_scan: HeadScan::new(true),
-            _holds: None,
-        }
-    }
-
-    /// Keeps `slot` until the connection info is dropped.
-    pub fn holding(mut self, slot: Box<dyn std::any::Any + Send + Sync>) -> Self {
-        self._holds = Some(slot);
-        self
-    }
-
-    /// The connection came through a PROXY header from `peer`.
-    pub fn proxied_by(mut self, peer: Option<SocketAddr>) -> Self {
-        self.proxied_by = peer;
-        self
-    }
-
-    /// The SANs of the client certificate the handshake verified.
-    pub fn with_client_sans(mut self, sans: Vec<Box<str>>) -> Self {
-        self.client_sans = sans.into();
-        self
-    }
-
-    /// The raw-head scan of this connection (HTTP/1 only).
-    pub fn head_scan(&self) -> &HeadScan {
-        &self.head_scan
-    }
-
-    /// How long the connection has had no request in progress; zero while one is.
-    pub fn idle_for(&self) -> Duration {
-        if self.active.load(Ordering::Acquire) != 0 {
-            return Duration::ZERO;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(since)
-    }
-}
-
-/// Counts a request against its connection until dropped (with the response body), so an
-/// idle connection can be told from one streaming a long response.
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<ConnInfo>);
-
-impl ActiveRequest {
-    pub fn new(conn: Arc<ConnInfo>) -> Self {
-        conn.active.fetch_add(1, Ordering::AcqRel);
-        Self(conn)
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        let c = &self.0;
-        c.idle_since_ms
-            .store(c.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-        c.head_scan.restart();
-        c.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// What the phases learned, for the response headers, metrics and the access log.
 #[derive(Default)]
@@ -155,7 +47,7 @@ pub struct Outcome {
 
 /// hyper's service entry point: never fails; every refusal is an HTTP response.
 pub async fn handle(
-    gw: Arc<Gateway>,
+    gw: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -256,7 +148,7 @@ pub async fn handle(
 }
 
 async fn run_phases(
-    gw: &Gateway,
+    gw: &Shared,
     snap: &Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
@@ -265,15 +157,15 @@ async fn run_phases(
     active: ActiveRequest,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if req.version() == http::Version::HTTP_2 {
-        conn.head_scan.disable();
+        conn.head_scan().disable();
     }
-    check_request(&req, &snap.limits, conn.head_scan.content_length_lines())?;
+    check_request(&req, &snap.limits, conn.head_scan().content_length_lines())?;
     // normalise: one path for routing, signing and forwarding
     normalize_target(&mut req, snap.limits.path)?;
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
     let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
-    let by_conn = crate::client_auth::join_cert(snap, &conn.client_sans, by_conn)?;
+    let by_conn = crate::tenant::join_cert(snap, &conn.client_sans, by_conn)?;
     // authenticate token (and API key)
     let claims = match (&snap.token, TokenAuth::bearer(req.headers())?) {
         (Some(auth), Some(token)) => Some(auth.authenticate(token, unix_now())?),
@@ -345,7 +237,12 @@ async fn run_phases(
         pool_slot,
         active,
     };
-    forward(gw, client, snap, conn, &fwd, route, req, hold).await
+    let upgrades = Upgrades {
+        cell: &gw.snapshot,
+        reloads: &gw.reloads,
+        open: &gw.upgraded,
+    };
+    forward(upgrades, client, snap, conn, &fwd, route, req, hold).await
 }
 
 /// Normalises the request target in place (SPEC "Request normalisation"): origin-form only

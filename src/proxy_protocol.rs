@@ -223,7 +223,7 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
 /// header's, when there was one), or the one a trusted peer's `x-forwarded-for` names.
 pub fn client_ip(
     trusted: &TrustedProxies,
-    conn: &crate::proxy::ConnInfo,
+    conn: &crate::conn::ConnInfo,
     headers: &HeaderMap,
 ) -> HeaderValue {
     if conn.proxied_by.is_none()

@@ -348,7 +348,7 @@ struct SavedTenant {
 }
 
 fn load_state(path: &Path) -> std::io::Result<State> {
-    let bytes = crate::config::read_file(path)?;
+    let bytes = crate::files::read_file(path)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

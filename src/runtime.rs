@@ -78,7 +78,7 @@ pub struct Runtime {
     /// Verified tokens, by a hash of the token section and the key material it names.
     pub token_caches: Registry<u64, TokenCache>,
     /// The fetched key set of `jwks_url`, by the same hash.
-    pub jwks: Registry<u64, crate::jwks::RemoteJwks>,
+    pub jwks: Registry<u64, crate::token::jwks::RemoteJwks>,
 }
 
 impl Runtime {

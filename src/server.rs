@@ -14,24 +14,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::gateway::Gateway;
-use crate::headers::framing::HeadScanner;
+use crate::conn::{ConnInfo, HeadScanner};
 use crate::io::ObserveReads;
 use crate::metrics::Metrics;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
+use crate::shared::Shared;
 use crate::snapshot::{ConnLimits, Snapshot};
-use crate::tls;
 
 /// The TLS acceptor shared by every TLS listener; certificates come from the live snapshot.
 pub fn tls_acceptor(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<TlsAcceptor, rustls::Error> {
-    Ok(TlsAcceptor::from(tls::server_config(snapshot)?))
+    Ok(TlsAcceptor::from(crate::tls_accept::server_config(
+        snapshot,
+    )?))
 }
 
 /// Everything one listener needs besides its socket.
 pub struct ListenerCtx {
     pub name: String,
     pub tls: Option<TlsAcceptor>,
-    pub gateway: Arc<Gateway>,
+    pub shared: Arc<Shared>,
     /// Global cap shared by all listeners (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
     /// `listeners[].proxy_protocol`: a PROXY header from a trusted peer comes first.
@@ -80,7 +81,7 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         );
     }
     drop(listener);
-    let grace = ctx.gateway.snapshot().limits.shutdown_grace;
+    let grace = ctx.shared.snapshot().limits.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = %ctx.name, "drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(listener = %ctx.name, "grace period over; closing remaining connections"),
@@ -115,7 +116,7 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
 /// the connection's `ConnInfo`, so an upgraded connection (WebSocket), whose splice holds the
 /// `ConnInfo` of its last request, keeps all three until it closes.
 struct ConnSlot {
-    gw: Arc<Gateway>,
+    gw: Arc<Shared>,
     /// Counted against this IP, when the per-IP cap is on.
     ip: Option<std::net::IpAddr>,
     _permit: OwnedSemaphorePermit,
@@ -124,7 +125,7 @@ struct ConnSlot {
 impl ConnSlot {
     /// `None` when `ip` already holds `cap` connections (`cap` 0: no per-IP cap).
     fn take(
-        gw: Arc<Gateway>,
+        gw: Arc<Shared>,
         ip: std::net::IpAddr,
         cap: usize,
         permit: OwnedSemaphorePermit,
@@ -181,11 +182,11 @@ async fn serve_connection(
     permit: OwnedSemaphorePermit,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let limits = ctx.gateway.snapshot().limits;
-    let metrics = ctx.gateway.metrics();
+    let limits = ctx.shared.snapshot().limits;
+    let metrics = ctx.shared.metrics();
     // PROXY protocol: the client is who the trusted balancer says (before the per-IP cap).
     let (remote, proxied_by) = if ctx.proxy_protocol {
-        let trusted = ctx.gateway.snapshot().trusted_proxies.clone();
+        let trusted = ctx.shared.snapshot().trusted_proxies.clone();
         match crate::proxy_protocol::accept(&mut stream, remote, &trusted, limits.header_timeout)
             .await
         {
@@ -200,7 +201,7 @@ async fn serve_connection(
         (remote, None)
     };
     let Some(slot) = ConnSlot::take(
-        ctx.gateway.clone(),
+        ctx.shared.clone(),
         remote.ip(),
         limits.max_connections_per_ip,
         permit,
@@ -211,7 +212,7 @@ async fn serve_connection(
     };
     let slot: Box<dyn std::any::Any + Send + Sync> = Box::new(slot);
     let builder = builder(&limits);
-    let gw = ctx.gateway.clone();
+    let gw = ctx.shared.clone();
     let served = match &ctx.tls {
         None => {
             // hyper's header timer starts with the first byte; a client that connects and
@@ -288,7 +289,7 @@ async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     conn: Arc<ConnInfo>,
-    gw: Arc<Gateway>,
+    gw: Arc<Shared>,
     watcher: hyper_util::server::graceful::Watcher,
     idle_limit: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>

@@ -30,7 +30,7 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,
     /// `admin.metrics_bind` and `admin.token_file`, compiled.
-    pub admin_access: crate::admin::AdminAccess,
+    pub admin_access: crate::admin_access::AdminAccess,
     pub limits: ConnLimits,
     pub sources: Sources,
     pub tenants: Vec<Tenant>,

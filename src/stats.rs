@@ -10,15 +10,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::error::GatewayError;
-use crate::gateway::Gateway;
 use crate::limits::TenantStats;
+use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Tenant, TenantStatus};
 
 /// Rates are measured over at most this much recent time.
@@ -27,48 +26,6 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Tenants listed when the request does not say (`?limit=`).
 pub const DEFAULT_LIMIT: usize = 50;
-
-/// The codes a 429 or 503 refusal is counted under; anything else with those statuses is `other`.
-pub const REFUSAL_CODES: [(u16, &str); 7] = [
-    (429, "rate_limited"),
-    (429, "quota_exceeded"),
-    (503, "tenant_overloaded"),
-    (503, "upstream_saturated"),
-    (503, "upstream_unavailable"),
-    (503, "rate_limit_unavailable"),
-    (503, "other"),
-];
-
-/// A tenant's 429 and 503 refusals by error code.
-#[derive(Debug, Default)]
-pub struct Refusals([AtomicU64; REFUSAL_CODES.len()]);
-
-impl Refusals {
-    /// Counts `err` when it is a 429 or a 503 (one atomic add; nothing otherwise).
-    pub fn count(&self, err: &GatewayError) {
-        let status = err.status().as_u16();
-        if status != 429 && status != 503 {
-            return;
-        }
-        let code = err.code();
-        let i = REFUSAL_CODES
-            .iter()
-            .position(|(s, c)| *s == status && *c == code)
-            .unwrap_or(REFUSAL_CODES.len() - 1);
-        self.0[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn json(&self) -> Value {
-        let mut by_status = serde_json::Map::new();
-        for (i, (status, code)) in REFUSAL_CODES.iter().enumerate() {
-            let entry = by_status
-                .entry(status.to_string())
-                .or_insert_with(|| json!({}));
-            entry[*code] = json!(self.0[i].load(Ordering::Relaxed));
-        }
-        Value::Object(by_status)
-    }
-}
 
 /// Cumulative request counts of every tenant at one moment, keyed by the address of the
 /// tenant's `TenantStats` (which reloads carry over), sorted for binary search.
@@ -238,7 +195,7 @@ fn round2(v: f64) -> f64 {
 }
 
 /// How a tenant's rate limit is enforced right now.
-fn limits_mode(t: &Tenant, gw: &Gateway) -> &'static str {
+fn limits_mode(t: &Tenant, gw: &Shared) -> &'static str {
     match (&t.limiter, gw.rate_limit_store()) {
         (None, _) => "none",
         (Some(_), None) => "local",
@@ -247,7 +204,7 @@ fn limits_mode(t: &Tenant, gw: &Gateway) -> &'static str {
     }
 }
 
-fn tenant_json(t: &Tenant, gw: &Gateway, total: u64, rps: f64) -> Value {
+fn tenant_json(t: &Tenant, gw: &Shared, total: u64, rps: f64) -> Value {
     let s = &t.stats;
     let classes: serde_json::Map<String, Value> = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .iter()
@@ -319,7 +276,7 @@ fn upstreams_json(snap: &Snapshot) -> Value {
 }
 
 /// Builds the `/stats` document (schema in the README, "Dashboard and /stats").
-pub fn collect(gw: &Gateway, sampler: &Sampler, query: &Query) -> Value {
+pub fn collect(gw: &Shared, sampler: &Sampler, query: &Query) -> Value {
     let snap = gw.snapshot();
     let now = Instant::now();
     let now_unix = unix_secs(SystemTime::now());
@@ -475,7 +432,7 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
-        let h = crate::metrics::latency_histogram();
+        let h = crate::limits::latency_histogram();
         assert!(quantiles_ms(&h, &[0.5]).is_none());
         for _ in 0..99 {
             h.observe(0.0007); // bucket (0.5 ms, 1 ms]
@@ -499,21 +456,5 @@ mod tests {
             assert!(q.limit >= 1);
         }
         assert_eq!(Query::parse(None).limit, DEFAULT_LIMIT);
-    }
-
-    #[test]
-    fn refusals_count_429_and_503_by_code() {
-        let r = Refusals::default();
-        r.count(&GatewayError::RateLimited {
-            retry_after: Duration::from_secs(1),
-        });
-        r.count(&GatewayError::TenantOverloaded {
-            retry_after: Duration::from_secs(1),
-        });
-        r.count(&GatewayError::NoRoute);
-        let j = r.json();
-        assert_eq!(j["429"]["rate_limited"], 1);
-        assert_eq!(j["503"]["tenant_overloaded"], 1);
-        assert_eq!(j["503"]["other"], 0);
     }
 }

@@ -246,6 +246,44 @@ pub fn admit_status(snap: &Snapshot, id: Option<Identity>) -> Result<Identity, G
     }
 }
 
+/// Phase "resolve tenant", client-certificate part: joins the tenant named by the connection's
+/// certificate SANs to what SNI/Host said. Different tenants → 403 `tenant_mismatch`. When
+/// `client_cert` is not an allowed source the certificate only corroborates.
+pub fn join_cert(
+    snap: &Snapshot,
+    sans: &[Box<str>],
+    by_conn: Option<Identity>,
+) -> Result<Option<Identity>, GatewayError> {
+    let mut by_cert: Option<TenantId> = None;
+    for san in sans {
+        if let Some(&t) = snap.client_cert_sans.get(san) {
+            if by_cert.is_some_and(|b| b != t) {
+                return Err(GatewayError::TenantMismatch);
+            }
+            by_cert = Some(t);
+        }
+    }
+    let Some(tenant) = by_cert else {
+        return Ok(by_conn);
+    };
+    match by_conn {
+        Some(id) if id.tenant != tenant => Err(GatewayError::TenantMismatch),
+        Some(mut id) => {
+            if snap.sources.client_cert {
+                id.sources.insert(SourceSet::CLIENT_CERT);
+            }
+            Ok(Some(id))
+        }
+        None => {
+            let mut sources = SourceSet::default();
+            if snap.sources.client_cert {
+                sources.insert(SourceSet::CLIENT_CERT);
+            }
+            Ok(Some(Identity { tenant, sources }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! TLS termination: certificates loaded and checked at compile time, and a `ResolvesServerCert`
-//! that picks one by SNI from the *current* snapshot on every handshake.
+//! TLS certificates: loaded and checked at compile time, and the store that picks one by SNI
+//! (the handshake-time side, reading the *current* snapshot, is `tls_accept`).
 //!
 //! Lookup order (SPEC): exact SAN, then wildcard SAN (`*.gw.example.com` covers one label),
 //! then `tls.default_certificate`. With no match and no default the handshake is refused.
@@ -9,15 +9,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::snapshot::Snapshot;
 
 /// The crypto provider used everywhere: aws-lc-rs.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -36,7 +31,7 @@ pub struct LoadedCert {
 
 /// Reads a PEM chain and key, checks that the key matches the leaf, and extracts the SANs.
 pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
-    let cert_pem = crate::config::read_file(cert_path)
+    let cert_pem = crate::files::read_file(cert_path)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
@@ -44,7 +39,7 @@ pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String
     if chain.is_empty() {
         return Err(format!("no certificate in {}", cert_path.display()));
     }
-    let key_pem = crate::config::read_file(key_path)
+    let key_pem = crate::files::read_file(key_path)
         .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
@@ -183,35 +178,4 @@ impl CertStore {
         }
         self.default.clone()
     }
-}
-
-/// Resolves certificates from whatever snapshot is current when the handshake starts, so a
-/// reload that adds a tenant or renews a certificate takes effect on the next handshake.
-pub struct SnapshotCertResolver {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-}
-
-impl fmt::Debug for SnapshotCertResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SnapshotCertResolver")
-    }
-}
-
-impl ResolvesServerCert for SnapshotCertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.snapshot.load().certs.lookup(hello.server_name())
-    }
-}
-
-/// The server-side rustls configuration: aws-lc-rs, TLS 1.2 and 1.3 only, ALPN h2 then
-/// http/1.1, certificates from the live snapshot.
-pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(Arc::new(crate::client_auth::SnapshotClientVerifier::new(
-            snapshot.clone(),
-        )))
-        .with_cert_resolver(Arc::new(SnapshotCertResolver { snapshot }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }

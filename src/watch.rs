@@ -47,7 +47,7 @@ fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for f in files {
         ctx.update(f.as_os_str().as_encoded_bytes());
-        ctx.update(&crate::config::read_file(f).unwrap_or_default());
+        ctx.update(&crate::files::read_file(f).unwrap_or_default());
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

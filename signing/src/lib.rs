@@ -969,4 +969,108 @@ mod tests {
             .append("x-tenant-id", http::HeaderValue::from_static("globex"));
         assert_eq!(v.verify_request(&dup), Err(VerifyError::Malformed));
     }
+
+    // === what cargo-mutants showed the tests above did not pin down ===
+
+    #[test]
+    fn verify_checks_at_the_current_time() {
+        let key = SigningKey::new("k1", b"s");
+        let v = Verifier::new().with_key("k1", b"s");
+        assert!(unix_now() > 1_700_000_000, "a real clock");
+        assert_eq!(
+            v.verify(&key.sign(unix_now(), &fields()), &fields()),
+            Ok(())
+        );
+        assert_eq!(
+            v.verify(&key.sign(1_000, &fields()), &fields()),
+            Err(VerifyError::Stale)
+        );
+        let other = SignedFields {
+            tenant: "globex",
+            ..fields()
+        };
+        assert_eq!(
+            v.verify(&key.sign(unix_now(), &fields()), &other),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(v.skew_seconds(), DEFAULT_SKEW_SECONDS);
+        assert_eq!(v.with_skew_seconds(10).skew_seconds(), 10);
+    }
+
+    #[test]
+    fn a_pool_signer_writes_a_header_its_verifier_accepts() {
+        let key = std::sync::Arc::new(SigningKey::new("k1", b"s"));
+        assert_eq!(key.id(), "k1");
+        let debug = format!("{key:?}");
+        assert!(
+            debug.contains("k1") && debug.contains("HmacSha256"),
+            "{debug}"
+        );
+        for version in [SigVersion::V1, SigVersion::V2] {
+            let signer = Signer {
+                key: key.clone(),
+                version,
+                audience: "shared".into(),
+            };
+            let header = signer.sign(5, &fields());
+            let v = Verifier::new().with_key("k1", b"s");
+            assert_eq!(v.verify_at(&header, &fields(), 5), Ok(()), "{header}");
+            let expect_aud = version == SigVersion::V2;
+            assert_eq!(header.contains(";aud=shared;"), expect_aud, "{header}");
+        }
+    }
+
+    #[test]
+    fn a_visible_ascii_subject_is_not_copied() {
+        assert!(matches!(encode_subject("user-7"), Cow::Borrowed(_)));
+        assert!(matches!(encode_subject("50%"), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn header_fields_are_read_strictly() {
+        for (bad, err) in [
+            ("x", VerifyError::Malformed),
+            ("kid=1", VerifyError::Malformed),
+            ("v=1;kid=k1;ts=5;sig=AA", VerifyError::Malformed),
+            ("v9", VerifyError::Version),
+            ("v1;key=k1;ts=5;sig=AA", VerifyError::Malformed),
+            ("v1;kid=;ts=5;sig=AA", VerifyError::Malformed),
+            ("v1;kid=k1;ts=+5;sig=AA", VerifyError::Malformed),
+            ("v1;kid=k1;ts=5a;sig=AA", VerifyError::Malformed),
+            (
+                "v1;kid=k1;ts=99999999999999999999;sig=AA",
+                VerifyError::Malformed,
+            ),
+        ] {
+            assert_eq!(parse_header(bad).map(|_| ()), Err(err), "{bad}");
+        }
+        // The largest timestamps that fit are still read (19 digits).
+        let p = parse_header("v1;kid=k1;ts=1000000000000000000;sig=AA").expect("19 digits");
+        assert_eq!(p.ts, 1_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn a_jwks_yields_only_its_ed25519_keys() {
+        let x = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "X25519", "kid": "dh", "x": x},
+            {"kty": "EC", "crv": "Ed25519", "kid": "ec", "x": x},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ok", "x": x},
+        ]})
+        .to_string();
+        let v = Verifier::new().with_jwks(&jwks).expect("jwks");
+        let header = |kid: &str| format!("v2;kid={kid};alg=ed25519;ts=5;aud=a;sig=AA");
+        assert_eq!(
+            v.verify_at(&header("dh"), &fields(), 5),
+            Err(VerifyError::UnknownKey)
+        );
+        assert_eq!(
+            v.verify_at(&header("ec"), &fields(), 5),
+            Err(VerifyError::UnknownKey)
+        );
+        assert_eq!(
+            v.verify_at(&header("ok"), &fields(), 5),
+            Err(VerifyError::Mismatch)
+        );
+    }
 }

@@ -70,7 +70,7 @@ pub fn compile_with(
         .admin
         .as_ref()
         .and_then(|a| c.socket_addr("admin.bind", &a.bind));
-    let admin_access = crate::admin::AdminAccess::compile(raw.admin.as_ref(), &mut c.errors);
+    let admin_access = crate::admin_access::AdminAccess::compile(raw.admin.as_ref(), &mut c.errors);
     c.files.extend(admin_access.token_file.iter().cloned());
     let limits = c.limits(&raw.limits);
     let sources = c.sources(raw);
@@ -97,7 +97,7 @@ pub fn compile_with(
         certs.add(&cert);
     }
 
-    let identity = crate::client_auth::compile_edge(&mut c.errors, raw, &listeners);
+    let identity = super::edge::compile_edge(&mut c.errors, raw, &listeners);
     c.files.extend(identity.files.iter().cloned());
     let usage = crate::usage::compile(&mut c.errors, raw.usage.as_ref());
     let mut client_cert_sans: HashMap<Box<str>, TenantId> = HashMap::new();
@@ -174,7 +174,7 @@ pub fn compile_with(
                 ),
             }
         }
-        crate::client_auth::claim_sans(
+        super::edge::claim_sans(
             &mut c.errors,
             &mut client_cert_sans,
             &path,
@@ -515,7 +515,7 @@ impl Compiler<'_> {
                     None
                 }
             },
-            (None, Some(file)) => match super::read_file(file) {
+            (None, Some(file)) => match crate::files::read_file(file) {
                 Ok(v) => {
                     let trimmed = v.trim_ascii();
                     if trimmed.is_empty() {
@@ -608,7 +608,7 @@ impl Compiler<'_> {
                         );
                         continue;
                     };
-                    let key = super::read_file(file)
+                    let key = crate::files::read_file(file)
                         .map_err(|e| format!("cannot read {}: {e}", file.display()))
                         .and_then(|pem| SigningKey::ed25519_pem(&k.id, &pem));
                     match key {
@@ -1060,7 +1060,7 @@ impl Compiler<'_> {
         }
         match t.and_then(|t| t.ca_file.as_ref()) {
             Some(ca) => {
-                let certs: Result<Vec<CertificateDer<'static>>, _> = super::read_file(ca)
+                let certs: Result<Vec<CertificateDer<'static>>, _> = crate::files::read_file(ca)
                     .map_err(|e| e.to_string())
                     .and_then(|b| {
                         CertificateDer::pem_slice_iter(&b)
@@ -1104,14 +1104,15 @@ impl Compiler<'_> {
         };
         let config = match t.and_then(|t| t.client_cert.as_ref()) {
             Some(cc) => {
-                let chain: Result<Vec<CertificateDer<'static>>, _> = super::read_file(&cc.cert)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| {
-                        CertificateDer::pem_slice_iter(&b)
-                            .collect::<Result<_, _>>()
-                            .map_err(|e| e.to_string())
-                    });
-                let key = super::read_file(&cc.key)
+                let chain: Result<Vec<CertificateDer<'static>>, _> =
+                    crate::files::read_file(&cc.cert)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            CertificateDer::pem_slice_iter(&b)
+                                .collect::<Result<_, _>>()
+                                .map_err(|e| e.to_string())
+                        });
+                let key = crate::files::read_file(&cc.key)
                     .map_err(|e| e.to_string())
                     .and_then(|b| PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string()));
                 match (chain, key) {
@@ -1234,7 +1235,7 @@ impl Compiler<'_> {
                 self.err(format!("{path}.kid"), format!("duplicate kid {:?}", k.kid));
             }
             let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
-                (Some(file), None, None) => match super::read_file(file) {
+                (Some(file), None, None) => match crate::files::read_file(file) {
                     Ok(pem) => {
                         identity.update(&pem);
                         DecodingKey::from_rsa_pem(&pem)
@@ -1278,7 +1279,7 @@ impl Compiler<'_> {
             }
         }
         let jwks = t.jwks_file.as_ref().and_then(|file| {
-            match super::read_text(file)
+            match crate::files::read_text(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
                 .and_then(|text| token::jwks_keys(&text, &base, &allowed))
             {
@@ -1350,7 +1351,7 @@ impl Compiler<'_> {
             .get_or_insert_with(identity, || token::TokenCache::new(token::CACHE_CAPACITY));
         let remote = remote_url.zip(remote_tls).map(|(url, tls)| {
             self.rt.jwks.get_or_insert_with(identity, || {
-                crate::jwks::RemoteJwks::new(
+                crate::token::jwks::RemoteJwks::new(
                     url,
                     base.clone(),
                     allowed.clone(),

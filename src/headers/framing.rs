@@ -9,11 +9,9 @@
 //! front-end/back-end disagreement about where a request ends from ever reaching an upstream.
 //!
 //! hyper drops a `Content-Length` it finds next to `Transfer-Encoding` before the request
-//! reaches us, so [`HeadScanner`] watches the raw bytes of each HTTP/1 request head for a
-//! `Content-Length` line (a few hundred bytes per request; bodies and HTTP/2 are not scanned).
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+//! reaches us, so [`crate::conn::HeadScanner`] watches the raw bytes of each HTTP/1 request head
+//! for a `Content-Length` line (a few hundred bytes per request; bodies and HTTP/2 are not
+//! scanned).
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Version};
@@ -22,7 +20,8 @@ use crate::error::GatewayError;
 use crate::snapshot::ConnLimits;
 
 /// Refuses ambiguous framing (HTTP/1.x), an over-long request target and too many headers.
-/// `raw_content_lengths`: the `Content-Length` lines the raw head carried ([`HeadScan`]);
+/// `raw_content_lengths`: the `Content-Length` lines the raw head carried
+/// ([`crate::conn::HeadScan`]);
 /// hyper hides one next to `Transfer-Encoding` and folds identical repeats into one.
 pub fn check_request<B>(
     req: &Request<B>,
@@ -58,127 +57,9 @@ pub fn check_request<B>(
     Ok(())
 }
 
-// === impl HeadScan ===
-
-const SCAN_OFF: u8 = 0;
-const SCAN_ON: u8 = 1;
-const SCAN_RESTART: u8 = 2;
-const SCAN_NEVER: u8 = 3;
-
-/// Per-connection state of the head scan, shared by the I/O wrapper and the request path.
-#[derive(Debug)]
-pub struct HeadScan {
-    state: AtomicU8,
-    /// `Content-Length` lines in the current head (saturating).
-    content_length: AtomicU8,
-}
-
-impl HeadScan {
-    /// Scanning from the first byte (`enabled`), or never (an HTTP/2 connection).
-    pub fn new(enabled: bool) -> Self {
-        Self {
-            state: AtomicU8::new(if enabled { SCAN_ON } else { SCAN_NEVER }),
-            content_length: AtomicU8::new(0),
-        }
-    }
-
-    /// How many `Content-Length` lines the current request's head carried (0, 1 or 2 = more).
-    pub fn content_length_lines(&self) -> u8 {
-        self.content_length.load(Ordering::Relaxed)
-    }
-
-    /// A response ended: the next bytes start a new head.
-    pub fn restart(&self) {
-        if self.state.load(Ordering::Relaxed) != SCAN_NEVER {
-            self.content_length.store(0, Ordering::Relaxed);
-            self.state.store(SCAN_RESTART, Ordering::Relaxed);
-        }
-    }
-
-    /// The connection speaks HTTP/2: nothing to scan.
-    pub fn disable(&self) {
-        if self.state.load(Ordering::Relaxed) != SCAN_NEVER {
-            self.state.store(SCAN_NEVER, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Feeds the bytes a client connection reads through [`HeadScan`], one HTTP/1 request head at
-/// a time (wrap the connection in [`crate::io::ObserveReads`] with it).
-pub struct HeadScanner {
-    scan: Arc<crate::proxy::ConnInfo>,
-    /// The current line's first bytes, lower-cased, and its length so far.
-    prefix: [u8; 15],
-    line_len: usize,
-    /// A non-empty line has been seen in this head (empty lines before it are skipped).
-    in_head: bool,
-}
-
-const CONTENT_LENGTH_LINE: &[u8; 15] = b"content-length:";
-
-impl HeadScanner {
-    pub fn new(conn: Arc<crate::proxy::ConnInfo>) -> Self {
-        Self {
-            scan: conn,
-            prefix: [0; 15],
-            line_len: 0,
-            in_head: false,
-        }
-    }
-}
-
-impl crate::io::Observe for HeadScanner {
-    fn observe(&mut self, bytes: &[u8]) {
-        let scan = self.scan.head_scan();
-        match scan.state.load(Ordering::Relaxed) {
-            SCAN_ON => {}
-            SCAN_RESTART => {
-                self.line_len = 0;
-                self.in_head = false;
-                scan.state.store(SCAN_ON, Ordering::Relaxed);
-            }
-            _ => return,
-        }
-        // Line by line with memchr: only each line's first 15 bytes are looked at.
-        let mut rest = bytes;
-        while let Some(end) = memchr::memchr(b'\n', rest) {
-            take(&mut self.prefix, &mut self.line_len, &rest[..end], scan);
-            let empty = self.line_len == 0 || (self.line_len == 1 && self.prefix[0] == b'\r');
-            if empty && self.in_head {
-                scan.state.store(SCAN_OFF, Ordering::Relaxed);
-                return;
-            }
-            self.in_head |= !empty;
-            self.line_len = 0;
-            rest = &rest[end + 1..];
-        }
-        take(&mut self.prefix, &mut self.line_len, rest, scan);
-    }
-}
-
-/// Adds part of a line: fills the lower-cased prefix and counts a `Content-Length` line once
-/// its first 15 bytes are known.
-fn take(prefix: &mut [u8; 15], line_len: &mut usize, part: &[u8], scan: &HeadScan) {
-    let have = (*line_len).min(CONTENT_LENGTH_LINE.len());
-    let add = part.len().min(CONTENT_LENGTH_LINE.len() - have);
-    for (slot, b) in prefix[have..have + add].iter_mut().zip(part) {
-        *slot = b.to_ascii_lowercase();
-    }
-    if have < CONTENT_LENGTH_LINE.len()
-        && have + add == CONTENT_LENGTH_LINE.len()
-        && prefix == CONTENT_LENGTH_LINE
-    {
-        let n = scan.content_length.load(Ordering::Relaxed);
-        scan.content_length
-            .store(n.saturating_add(1).min(2), Ordering::Relaxed);
-    }
-    *line_len += part.len();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::Observe;
 
     fn limits() -> ConnLimits {
         crate::config::compile::default_limits()
@@ -219,30 +100,6 @@ mod tests {
         ] {
             assert_eq!(check_request(&req(h11, hs), &l, 0).is_ok(), ok, "{hs:?}");
         }
-    }
-
-    #[test]
-    fn the_head_scan_counts_content_length_lines_across_reads_and_stops_at_the_body() {
-        let conn = Arc::new(crate::proxy::ConnInfo::new(
-            "127.0.0.1:1".parse().expect("addr"),
-            false,
-            None,
-        ));
-        let mut s = HeadScanner::new(conn.clone());
-        s.observe(b"POST / HTTP/1.1\r\nHost: a\r\nConTent-Len");
-        s.observe(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(conn.head_scan().content_length_lines(), 1);
-        // Body bytes are not scanned.
-        s.observe(b"content-length: 1\r\ncontent-length: 2\r\n");
-        assert_eq!(conn.head_scan().content_length_lines(), 1);
-        // The next head starts fresh.
-        conn.head_scan().restart();
-        s.observe(b"\r\nGET / HTTP/1.1\r\ncontent-length: 0\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(conn.head_scan().content_length_lines(), 2);
-        conn.head_scan().restart();
-        conn.head_scan().disable();
-        s.observe(b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(conn.head_scan().content_length_lines(), 0);
     }
 
     #[test]

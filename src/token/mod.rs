@@ -26,6 +26,8 @@ use serde_json::Value;
 
 use crate::error::GatewayError;
 
+pub mod jwks;
+
 /// Largest `Authorization` header decoded; anything longer is refused before parsing.
 pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
 
@@ -61,7 +63,7 @@ pub struct TokenAuth {
     keys: HashMap<String, VerifyKey>,
     jwks: Option<Arc<JwksFile>>,
     /// `jwks_url`: fetched in the background; adopted across reloads.
-    pub remote: Option<Arc<crate::jwks::RemoteJwks>>,
+    pub remote: Option<Arc<jwks::RemoteJwks>>,
     forward_claims: Vec<(String, HeaderName)>,
     cache: Arc<TokenCache>,
 }
@@ -374,7 +376,7 @@ impl TokenAuth {
 /// Reads the JWKS file again; on success installs the new set and forgets the tokens verified
 /// with keys that are gone. A file that fails to read or parse keeps the last good set.
 fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: &[Algorithm]) {
-    match crate::config::read_text(&jwks.path)
+    match crate::files::read_text(&jwks.path)
         .map_err(|e| e.to_string())
         .and_then(|t| jwks_keys(&t, base, allowed))
     {

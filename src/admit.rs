@@ -1,0 +1,207 @@
+//! Phase "admit": a tenant's quota and rate (on this replica, or in the cluster store) and its
+//! concurrency cap, in that order. The limiters, caps and counters themselves are runtime state
+//! in [`crate::limits`].
+
+use std::time::Duration;
+
+use crate::cluster::{Decision, OnError, QuotaCheck, RedisStore};
+use crate::error::GatewayError;
+use crate::limits::{
+    ConcurrencyPermit, RateLimitHeaders, TenantLimiter, TenantStats, ceil_secs, ratelimit_value,
+};
+use crate::quota::{self, Meter, QuotaSpec, QuotaState};
+use crate::snapshot::Tenant;
+
+/// What admission hands to the rest of the request.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Held until the response body ends.
+    pub permit: Option<ConcurrencyPermit>,
+}
+
+fn check_local(
+    tenant: &Tenant,
+    limiter: &TenantLimiter,
+    rl: &mut Option<RateLimitHeaders>,
+) -> Result<(), GatewayError> {
+    match limiter.check() {
+        Ok(state) => {
+            *rl = Some((limiter.policy().clone(), state));
+            Ok(())
+        }
+        Err(wait) => Err(limited(tenant, limiter, wait, rl)),
+    }
+}
+
+fn limited(
+    tenant: &Tenant,
+    limiter: &TenantLimiter,
+    wait: Duration,
+    rl: &mut Option<RateLimitHeaders>,
+) -> GatewayError {
+    *rl = Some((
+        limiter.policy().clone(),
+        ratelimit_value(0, ceil_secs(wait)),
+    ));
+    TenantStats::bump(&tenant.stats.rate_limited);
+    GatewayError::RateLimited { retry_after: wait }
+}
+
+fn over_quota(tenant: &Tenant, st: QuotaState, ql: &mut Option<RateLimitHeaders>) -> GatewayError {
+    *ql = Some(st.headers());
+    TenantStats::bump(&tenant.stats.quota_exceeded);
+    GatewayError::QuotaExceeded {
+        retry_after: st.retry_after(),
+    }
+}
+
+/// Quota, then rate, checked on this replica under the tenant's meter entry, so the check and
+/// the count are one step; a request refused by either takes nothing from the other.
+fn check_locally(
+    tenant: &Tenant,
+    limiter: Option<&TenantLimiter>,
+    quota: Option<QuotaSpec>,
+    meter: &Meter,
+    now: i64,
+    rl: &mut Option<RateLimitHeaders>,
+    ql: &mut Option<RateLimitHeaders>,
+) -> Result<(), GatewayError> {
+    let mut slot = None;
+    let mut entry = meter.lock(
+        &tenant.name,
+        quota::usage_period(quota),
+        now,
+        &tenant.stats,
+        &mut slot,
+    );
+    let state = quota.map(|spec| QuotaState {
+        spec,
+        used: entry.requests,
+        end: entry.end,
+        now,
+    });
+    if let Some(st) = state
+        && st.used >= st.spec.requests
+    {
+        return Err(over_quota(tenant, st, ql));
+    }
+    if let Some(l) = limiter {
+        check_local(tenant, l, rl)?;
+    }
+    entry.requests += 1;
+    if let Some(mut st) = state {
+        st.used += 1;
+        *ql = Some(st.headers());
+    }
+    Ok(())
+}
+
+/// Admits a request for `tenant` or says why not. `rl` receives the rate-limit headers to put on
+/// the response, whatever its status; `ql` the `"quota"` policy's, when the tenant has a quota.
+///
+/// With a cluster `store`, the tenant's rate and quota are checked in Redis (one script, one
+/// round trip, bounded); while the store cannot answer, its `on_error` policy applies, `local`
+/// meaning this replica's share of both. Without a store, both are checked here, and `meter`
+/// counts the request in the tenant's period either way.
+pub async fn admit(
+    tenant: &Tenant,
+    store: Option<&RedisStore>,
+    meter: &Meter,
+    rl: &mut Option<RateLimitHeaders>,
+    ql: &mut Option<RateLimitHeaders>,
+) -> Result<Admission, GatewayError> {
+    let now = meter.clock.now();
+    let quota = tenant.limits.quota;
+    let period = quota::usage_period(quota);
+    let limiter = tenant.limiter.as_deref();
+    match store.filter(|_| limiter.is_some() || quota.is_some()) {
+        None => check_locally(tenant, limiter, quota, meter, now, rl, ql)?,
+        Some(store) => {
+            let (start, end) = period.bounds(now);
+            let check = quota.map(|q| QuotaCheck {
+                limit: q.requests,
+                period_start: start,
+                ttl_secs: end - now,
+            });
+            match store
+                .check(&tenant.name, limiter.map(|l| l.rate), check)
+                .await
+            {
+                Ok(Decision::Allowed {
+                    remaining,
+                    quota_used,
+                }) => {
+                    if let Some(l) = limiter {
+                        let missing = l.rate.burst.saturating_sub(remaining);
+                        let reset = u64::from(missing).div_ceil(u64::from(l.rate.per_second));
+                        *rl = Some((l.policy().clone(), ratelimit_value(remaining, reset)));
+                    }
+                    if let (Some(spec), Some(used)) = (quota, quota_used) {
+                        *ql = Some(
+                            QuotaState {
+                                spec,
+                                used,
+                                end,
+                                now,
+                            }
+                            .headers(),
+                        );
+                    }
+                    meter.count(&tenant.name, period, now, &tenant.stats);
+                }
+                Ok(Decision::Limited { retry_after }) => {
+                    if let Some(l) = limiter {
+                        return Err(limited(tenant, l, retry_after, rl));
+                    }
+                }
+                Ok(Decision::QuotaExceeded { used }) => {
+                    if let Some(spec) = quota {
+                        let st = QuotaState {
+                            spec,
+                            used,
+                            end,
+                            now,
+                        };
+                        return Err(over_quota(tenant, st, ql));
+                    }
+                }
+                Err(_) => match store.settings.on_error {
+                    OnError::Allow => meter.count(&tenant.name, period, now, &tenant.stats),
+                    OnError::Deny => return Err(GatewayError::RateLimitUnavailable),
+                    // This replica's share of the rate and of the quota; the headers describe
+                    // the share being enforced.
+                    OnError::Local => {
+                        let share = tenant.fallback.as_deref().or(limiter);
+                        let replicas = u64::from(store.settings.replicas.max(1));
+                        let quota_share = quota.map(|q| QuotaSpec {
+                            requests: (q.requests / replicas).max(1),
+                            period: q.period,
+                        });
+                        check_locally(tenant, share, quota_share, meter, now, rl, ql)?;
+                    }
+                },
+            }
+        }
+    }
+    let permit = match &tenant.concurrency {
+        None => None,
+        Some(c) => {
+            let got = match tenant.limits.queue {
+                None => c.try_acquire(),
+                // A short queue, never past its own deadline.
+                Some(wait) => c.acquire_within(wait).await,
+            };
+            match got {
+                Some(p) => Some(p),
+                None => {
+                    TenantStats::bump(&tenant.stats.overloaded);
+                    return Err(GatewayError::TenantOverloaded {
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+            }
+        }
+    };
+    TenantStats::bump(&tenant.stats.admitted);
+    Ok(Admission { permit })
+}
