@@ -763,29 +763,6 @@ async fn upstream_framing_conflicts_are_reframed_and_bad_heads_are_502() {
     }
 }
 
-/// A port with nothing listening on it.
-async fn dead_endpoint() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    format!("http://{addr}")
-}
-
-/// The standard config whose shared pool is `endpoints` with pool options `extra`.
-fn pool_config(env: &Env, endpoints: &[&str], extra: &str) -> String {
-    let list = endpoints
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let yaml = env.config("PLACEHOLDER", "PLACEHOLDER");
-    yaml.replace(
-        "shared: { endpoints: [\"PLACEHOLDER\"] }",
-        &format!("shared: {{ endpoints: [{list}]{extra} }}"),
-    )
-    .replace("PLACEHOLDER", endpoints[0])
-}
-
 #[tokio::test]
 async fn idempotent_requests_are_retried_once_on_connect_failure_and_posts_never() {
     let env = Env::new();

@@ -61,28 +61,6 @@ impl Slow {
     }
 }
 
-async fn dead_endpoint() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    format!("http://{addr}")
-}
-
-/// The standard config whose shared pool is `endpoints` with pool options `extra`.
-fn pool_config(env: &Env, endpoints: &[&str], extra: &str) -> String {
-    let list = endpoints
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    env.config("PLACEHOLDER", "PLACEHOLDER")
-        .replace(
-            "shared: { endpoints: [\"PLACEHOLDER\"] }",
-            &format!("shared: {{ endpoints: [{list}]{extra} }}"),
-        )
-        .replace("PLACEHOLDER", endpoints[0])
-}
-
 fn ejected(gw: &tenant_gateway::Gateway) -> Vec<bool> {
     gw.snapshot().upstreams["shared"]
         .endpoints()

@@ -144,16 +144,7 @@ impl RemoteJwks {
         let text = std::str::from_utf8(&body).map_err(|_| "not UTF-8".to_owned())?;
         let keys = jwks_keys(text, &self.base, &self.allowed)?;
         let n = keys.len();
-        let gone: std::collections::HashSet<String> = self
-            .keys
-            .load()
-            .keys()
-            .filter(|k| !keys.contains_key(*k))
-            .cloned()
-            .collect();
-        self.keys.store(Arc::new(keys));
-        // A key withdrawn by the provider takes the tokens it verified with it.
-        self.cache.forget_kids(&gone);
+        super::install_keys(&self.keys, keys, &self.cache);
         self.fetched
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(n)

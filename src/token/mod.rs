@@ -382,21 +382,30 @@ fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: 
     {
         Ok(keys) => {
             tracing::info!(path = %jwks.path.display(), keys = keys.len(), "JWKS re-read");
-            let gone: std::collections::HashSet<String> = jwks
-                .keys
-                .load()
-                .keys()
-                .filter(|k| !keys.contains_key(*k))
-                .cloned()
-                .collect();
-            jwks.keys.store(keys.into());
+            install_keys(&jwks.keys, keys, cache);
             jwks.generation.fetch_add(1, Ordering::Relaxed);
-            cache.forget_kids(&gone);
         }
         Err(e) => {
             tracing::warn!(path = %jwks.path.display(), error = %e, "JWKS re-read failed; keeping the last good set");
         }
     }
+}
+
+/// Installs a newly read key set and forgets the cached tokens verified with a key it no longer
+/// lists (a key withdrawn by the identity provider takes its tokens with it).
+pub fn install_keys(
+    slot: &ArcSwap<HashMap<String, VerifyKey>>,
+    keys: HashMap<String, VerifyKey>,
+    cache: &TokenCache,
+) {
+    let gone: std::collections::HashSet<String> = slot
+        .load()
+        .keys()
+        .filter(|k| !keys.contains_key(*k))
+        .cloned()
+        .collect();
+    slot.store(Arc::new(keys));
+    cache.forget_kids(&gone);
 }
 
 fn decode(token: &str, k: &VerifyKey) -> Result<serde_json::Map<String, Value>, GatewayError> {

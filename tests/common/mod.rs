@@ -402,3 +402,26 @@ pub fn wait_for_listeners(
 pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// An address where nothing listens (a port just released): connections are refused.
+pub async fn dead_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// The standard config whose shared pool is `endpoints` with pool options `extra`.
+pub fn pool_config(env: &Env, endpoints: &[&str], extra: &str) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    env.config("PLACEHOLDER", "PLACEHOLDER")
+        .replace(
+            "shared: { endpoints: [\"PLACEHOLDER\"] }",
+            &format!("shared: {{ endpoints: [{list}]{extra} }}"),
+        )
+        .replace("PLACEHOLDER", endpoints[0])
+}
