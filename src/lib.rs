@@ -37,6 +37,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod devcerts;
+pub mod dns;
 pub mod error;
 pub mod fairshare;
 pub mod files;

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -61,8 +62,9 @@ impl<K: Eq + Hash, V> Registry<K, V> {
 /// What identifies an endpoint's health: the pool, the endpoint URL and the pool's TLS settings.
 pub type EndpointKey = (Box<str>, String, Option<String>);
 
-/// What identifies a pooled client: connect timeout, HTTP/2 prior knowledge, TLS settings.
-pub type ClientKey = (Duration, bool, Option<String>);
+/// What identifies a pooled client: connect timeout, HTTP/2 prior knowledge, TLS settings,
+/// the nameservers that resolve its hostnames.
+pub type ClientKey = (Duration, bool, Option<String>, Vec<SocketAddr>);
 
 /// Every registry of the running gateway.
 #[derive(Default)]
@@ -79,6 +81,8 @@ pub struct Runtime {
     pub token_caches: Registry<u64, TokenCache>,
     /// The fetched key set of `jwks_url`, by the same hash.
     pub jwks: Registry<u64, crate::token::jwks::RemoteJwks>,
+    /// The resolver of upstream hostnames and their answers, by `dns.nameservers`.
+    pub dns: Registry<Vec<SocketAddr>, crate::dns::Dns>,
 }
 
 impl Runtime {
@@ -93,6 +97,7 @@ impl Runtime {
         self.clients.prune();
         self.token_caches.prune();
         self.jwks.prune();
+        self.dns.prune();
     }
 }
 

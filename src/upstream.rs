@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
+use crate::dns::{Bounded, Dns, DnsResolver};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
@@ -33,6 +34,9 @@ pub struct Endpoint {
     /// HTTP/2 with prior knowledge (`h2c://`), e.g. gRPC.
     pub h2c: bool,
     state: Arc<EndpointState>,
+    /// For an endpoint named by hostname: its addresses, kept fresh while the endpoint holds
+    /// them (runtime state, shared by every endpoint naming the host).
+    pub dns: Option<Arc<crate::dns::DnsName>>,
 }
 
 /// What an endpoint has shown while serving (runtime state; kept across reloads that keep the
@@ -74,6 +78,7 @@ impl Endpoint {
             authority,
             h2c: false,
             state,
+            dns: None,
         }
     }
 
@@ -333,8 +338,9 @@ impl UpstreamPool {
     }
 }
 
-/// The pooled client to upstreams (`http://`, `h2c://`, `https://`).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// The pooled client to upstreams (`http://`, `h2c://`, `https://`): hostnames resolved by
+/// [`crate::dns`], DNS + TCP + TLS bounded by the connect timeout.
+pub type UpstreamClient = Client<Bounded<HttpsConnector<HttpConnector<DnsResolver>>>, ProxyBody>;
 
 /// The clients of one connect timeout, one per kind of pool, resolved at compile time so a
 /// request finds its client without a lookup (plain and h2c pools) or with one string compare
@@ -371,9 +377,17 @@ impl ClientSet {
 }
 
 /// Builds an upstream client with its own keep-alive pool, TCP_NODELAY and the given connect
-/// timeout. The gateway keeps one per distinct `connect_ms` (one per plan, typically).
-pub fn client(connect_timeout: Duration, h2c: bool, tls: Option<&UpstreamTls>) -> UpstreamClient {
-    let mut http = HttpConnector::new();
+/// timeout, which bounds DNS, TCP and the TLS handshake together. The gateway keeps one per
+/// distinct `connect_ms` (one per plan, typically).
+pub fn client(
+    connect_timeout: Duration,
+    h2c: bool,
+    tls: Option<&UpstreamTls>,
+    dns: Arc<Dns>,
+) -> UpstreamClient {
+    // The connector's own timeout is per address (it moves on to the next address of a
+    // hostname when one does not answer); `Bounded` caps the whole set-up.
+    let mut http = HttpConnector::new_with_resolver(DnsResolver(dns));
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
@@ -404,7 +418,10 @@ pub fn client(connect_timeout: Duration, h2c: bool, tls: Option<&UpstreamTls>) -
         }
         None => builder,
     };
-    let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+    let connector = Bounded {
+        inner: builder.enable_http1().enable_http2().wrap_connector(http),
+        timeout: connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .http2_only(h2c)
         .timer(TokioTimer::new())

@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::ConfigErrors;
 use super::raw::*;
+use crate::dns::Dns;
 use crate::headers::TenantHeaderNames;
 use crate::limits::{Concurrency, TenantLimiter};
 use crate::runtime::Runtime;
@@ -81,7 +82,8 @@ pub fn compile_with(
     } else {
         SigVersion::V1
     };
-    let upstreams = c.upstreams(&raw.upstreams, signing.as_ref(), version);
+    let dns = c.dns(raw.dns.as_ref());
+    let upstreams = c.upstreams(&raw.upstreams, signing.as_ref(), version, &dns);
     let routes: Arc<[Route]> = c.routes("routes", &raw.routes, &upstreams, raw).into();
     let base_domains = c.base_domains(&raw.tenancy.base_domains);
 
@@ -219,7 +221,7 @@ pub fn compile_with(
                 .get_or_insert_with(name.as_str().into(), Default::default),
             clients: client_sets
                 .entry(limits.connect_timeout)
-                .or_insert_with(|| c.client_set(limits.connect_timeout, &upstreams))
+                .or_insert_with(|| c.client_set(limits.connect_timeout, &upstreams, &dns))
                 .clone(),
             limits,
         });
@@ -640,12 +642,18 @@ impl Compiler<'_> {
         &self,
         connect_timeout: Duration,
         upstreams: &HashMap<Box<str>, Arc<UpstreamPool>>,
+        dns: &(Vec<SocketAddr>, Arc<Dns>),
     ) -> Arc<crate::upstream::ClientSet> {
         let client = |h2c: bool, tls: Option<&UpstreamTls>| {
-            let key = (connect_timeout, h2c, tls.map(|t| t.fingerprint.clone()));
-            self.rt
-                .clients
-                .get_or_insert_with(key, || crate::upstream::client(connect_timeout, h2c, tls))
+            let key = (
+                connect_timeout,
+                h2c,
+                tls.map(|t| t.fingerprint.clone()),
+                dns.0.clone(),
+            );
+            self.rt.clients.get_or_insert_with(key, || {
+                crate::upstream::client(connect_timeout, h2c, tls, dns.1.clone())
+            })
         };
         let mut tls: Vec<(String, Arc<crate::upstream::UpstreamClient>)> = Vec::new();
         for pool in upstreams.values() {
@@ -761,11 +769,36 @@ impl Compiler<'_> {
         }
     }
 
+    /// `dns:`: the resolver of upstream hostnames (runtime state, by its nameservers).
+    fn dns(&mut self, raw: Option<&RawDns>) -> (Vec<SocketAddr>, Arc<Dns>) {
+        let mut nameservers = Vec::new();
+        for (i, s) in raw.map_or(&[][..], |d| &d.nameservers).iter().enumerate() {
+            // A bare IP means port 53, as in resolv.conf.
+            let parsed = s.parse::<SocketAddr>().or_else(|_| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(a) => nameservers.push(a),
+                Err(_) => self.err(
+                    format!("dns.nameservers[{i}]"),
+                    format!("invalid nameserver {s:?} (expected IP or IP:PORT)"),
+                ),
+            }
+        }
+        let dns = self
+            .rt
+            .dns
+            .get_or_insert_with(nameservers.clone(), || Dns::new(nameservers.clone()));
+        (nameservers, dns)
+    }
+
     fn upstreams(
         &mut self,
         raw: &std::collections::BTreeMap<String, RawUpstream>,
         signing: Option<&(Arc<SigningKey>, Vec<Arc<SigningKey>>)>,
         version: SigVersion,
+        dns: &(Vec<SocketAddr>, Arc<Dns>),
     ) -> HashMap<Box<str>, Arc<UpstreamPool>> {
         let mut out = HashMap::new();
         for (name, u) in raw {
@@ -789,6 +822,9 @@ impl Compiler<'_> {
                     format!("{path}.endpoints"),
                     "mix of http:// and h2c:// endpoints in one pool",
                 );
+            }
+            if u.dns_refresh_ms == Some(0) {
+                self.err(format!("{path}.dns_refresh_ms"), "must be at least 1");
             }
             let balance = match u.balance {
                 RawBalance::RoundRobin => Balance::RoundRobin,
@@ -834,6 +870,16 @@ impl Compiler<'_> {
                     let state = self.rt.endpoints.get_or_insert_with(key, Default::default);
                     let mut ep = Endpoint::with_state(e.scheme.clone(), e.authority.clone(), state);
                     ep.h2c = e.h2c;
+                    // A hostname is resolved (and kept fresh) while the endpoint lives.
+                    let host = e.authority.host();
+                    if host.parse::<std::net::IpAddr>().is_err()
+                        && !(host.starts_with('[') && host.ends_with(']'))
+                    {
+                        ep.dns = Some(dns.1.name(
+                            host.trim_end_matches('.'),
+                            u.dns_refresh_ms.map(Duration::from_millis),
+                        ));
+                    }
                     ep
                 })
                 .collect();
@@ -955,6 +1001,23 @@ impl Compiler<'_> {
         }
         if authority.as_str().contains('@') {
             return Err(format!("endpoint {e:?} must not carry credentials"));
+        }
+        let host = authority.host();
+        let is_ip = host.parse::<std::net::IpAddr>().is_ok()
+            || (host.starts_with('[') && host.ends_with(']'));
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let hostname = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !is_ip && !hostname {
+            return Err(format!(
+                "endpoint {e:?}: {host:?} is neither an IP address nor a hostname"
+            ));
         }
         let mut ep = Endpoint::new(scheme, authority);
         ep.h2c = h2c;

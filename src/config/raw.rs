@@ -46,6 +46,18 @@ pub struct RawConfig {
     /// Usage metering: quota state across restarts, JSON-lines export.
     #[serde(default)]
     pub usage: Option<RawUsage>,
+    /// How upstream hostnames are resolved.
+    #[serde(default)]
+    pub dns: Option<RawDns>,
+}
+
+/// `dns:`: the resolver of upstream endpoints named by hostname.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `ip:port` of the nameservers to ask; default: those of `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -413,6 +425,9 @@ pub struct RawUpstream {
     /// Fair share of the pool between tenants at saturation; absent = unlimited.
     #[serde(default)]
     pub capacity: Option<RawCapacity>,
+    /// Re-resolve hostname endpoints at this interval instead of the record's TTL.
+    #[serde(default)]
+    pub dns_refresh_ms: Option<u64>,
 }
 
 /// `capacity: { max_in_flight: 64, queue_ms: 1000 }` (or `max_in_flight: { adaptive: { min, max } }`).

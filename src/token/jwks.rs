@@ -121,7 +121,9 @@ impl RemoteJwks {
 
     async fn fetch_once(&self) -> Result<usize, String> {
         *self.last_fetch.lock().map_err(|_| "poisoned")? = Some(Instant::now());
-        let c = client(Duration::from_secs(2), false, Some(&self.tls));
+        // The JWKS host is resolved per fetch (fetches are minutes apart), asynchronously.
+        let dns = std::sync::Arc::new(crate::dns::Dns::new(Vec::new()));
+        let c = client(Duration::from_secs(2), false, Some(&self.tls), dns);
         let req = http::Request::get(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(crate::body::full(bytes::Bytes::new()))
