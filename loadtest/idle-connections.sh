@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# Memory per idle client connection, and service for others while they sit there:
-#   bash loadtest/idle-connections.sh [N=10000]     (MODE=plain|tls|mixed, default mixed)
-# Opens N keep-alive connections to the gateway (half plain HTTP/1.1, half TLS; each has sent
-# one request and then goes quiet), reads the gateway's RSS before and after, then checks that
-# a fresh client is still answered and how fast. Loopback only; stops everything it started.
-# Needs: nginx, python3, curl; a release build (cargo build --release).
+# Memory per idle keep-alive client, side by side with nginx, and service beside many idle ones.
+#
+#   bash loadtest/idle-connections.sh [N=5000]
+#     CANDIDATES="gateway nginx"  MODES="plain tls"  RUNS=3   (defaults)
+#   MIXED=1 bash loadtest/idle-connections.sh [N=15000]
+#
+# Idle: each of N keep-alive connections sends one request, reads the answer and goes quiet;
+# the server's RSS is read before and after (after 2 s, so parking has happened) and the
+# growth divided by N. Candidates run one after another, interleaved RUNS times; the table
+# shows medians. nginx is one worker proxying to the same upstream (keep-alive to it), with
+# the gateway's dev certificate for TLS.
+#
+# MIXED=1: wrk drives 64 busy connections for 10 s with and without N idle plain connections
+# held open (interleaved RUNS times), and a fresh client's time to answer is taken while the
+# idle ones are open. Loopback only; stops everything it started. Needs nginx, wrk, python3,
+# curl and a release build (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-10000}
+MIXED=${MIXED:-0}
+N=${1:-$([ "$MIXED" = 1 ] && echo 15000 || echo 5000)}
+RUNS=${RUNS:-3}
+CANDIDATES=${CANDIDATES:-gateway nginx}
+MODES=${MODES:-plain tls}
 OUT=loadtest/results/idle-connections-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 source loadtest/lib.sh
-ulimit -n $((N * 2 + 1024)) 2>/dev/null || true
+ulimit -n $((N * 2 + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 start_upstream 19000
 "$BIN" dev-certs --out "$work/certs" --domain gw.test --tenant acme >/dev/null
 cat > "$work/gateway.yaml" <<YAML
@@ -28,18 +42,53 @@ routes: [ { path_prefix: /, upstream: shared } ]
 tenants: { acme: { plan: free, tls: { cert: $work/certs/acme.crt, key: $work/certs/acme.key } } }
 plans: { free: {} }
 YAML
-start_gateway "$work/gateway.yaml" acme.gw.test
-gw_pid=${pids[-1]}
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
-before=$(rss)
-python3 - "$N" "$gw_pid" "$OUT" "${MODE:-mixed}" <<'PY'
-import asyncio, ssl, sys, time, subprocess
-n, pid, out, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+cat > "$work/proxy.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log;
+events { worker_connections $((N + 1000)); }
+http {
+  access_log off;
+  keepalive_timeout 120s;
+  keepalive_requests 1000000;
+  client_header_timeout 120s;
+  upstream up { server 127.0.0.1:19000; keepalive 64; }
+  server {
+    listen 127.0.0.1:18080;
+    listen 127.0.0.1:18443 ssl;
+    ssl_certificate $work/certs/acme.crt;
+    ssl_certificate_key $work/certs/acme.key;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+
+# start CANDIDATE: sets $server_pid (the process whose RSS counts: nginx's worker).
+start() {
+  case $1 in
+    gateway)
+      start_gateway "$work/gateway.yaml" acme.gw.test
+      server_pid=${pids[-1]} ;;
+    nginx)
+      taskset -c 1 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
+      for _ in $(seq 50); do curl -sf -o /dev/null -H "Host: acme.gw.test" http://127.0.0.1:18080/ && break; sleep 0.1; done
+      server_pid=$(pgrep -P "${pids[-1]}" | head -1) ;;
+  esac
+}
+stop() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; sleep 0.5; }
+
+# hold N MODE READY DONE: opens N keep-alive connections (each sends one request), touches
+# READY, keeps them until DONE exists. Prints nothing.
+hold() {
+  python3 - "$@" <<'PY'
+import asyncio, os, ssl, sys
+n, mode, ready, done = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 ctx.set_alpn_protocols(["http/1.1"])
 req = b"GET / HTTP/1.1\r\nHost: acme.gw.test\r\n\r\n"
-async def one(i):
-    if mode == "tls" or (mode == "mixed" and i % 2):
+async def one():
+    if mode == "tls":
         r, w = await asyncio.open_connection("127.0.0.1", 18443, ssl=ctx, server_hostname="acme.gw.test")
     else:
         r, w = await asyncio.open_connection("127.0.0.1", 18080)
@@ -48,24 +97,82 @@ async def one(i):
     length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
     await r.readexactly(length)
     return r, w
-def rss():
-    return int([l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0])
 async def main():
     conns, sem = [], asyncio.Semaphore(200)
-    async def guarded(i):
+    async def guarded():
         async with sem:
-            conns.append(await one(i))
-    await asyncio.gather(*(guarded(i) for i in range(n)))
-    await asyncio.sleep(1)
-    held = rss()
-    t = time.perf_counter()
-    probe = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: acme.gw.test", "http://127.0.0.1:18080/"], capture_output=True, text=True)
-    ms = (time.perf_counter() - t) * 1000
-    open(f"{out}/held.txt", "w").write(f"{len(conns)} {held} {probe.stdout} {ms:.1f}\n")
+            conns.append(await one())
+    await asyncio.gather(*(guarded() for _ in range(n)))
+    open(ready, "w").write(str(len(conns)))
+    while not os.path.exists(done):
+        await asyncio.sleep(0.2)
     for _, w in conns: w.close()
 asyncio.run(main())
 PY
-read -r held_n held_kb code ms < "$OUT/held.txt"
-per=$(( (held_kb - before) * 1024 / held_n ))
-printf 'idle connections: %s (mode %s)\nRSS before: %s KiB, with them open: %s KiB\nper idle connection: %s bytes\nfresh request while they are open: HTTP %s in %s ms\n' \
-  "$held_n" "${MODE:-mixed}" "$before" "$held_kb" "$per" "$code" "$ms" | tee "$OUT/summary.txt"
+}
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_for() { for _ in $(seq 600); do [ -e "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1" >&2; return 1; }
+
+if [ "$MIXED" != 1 ]; then
+  : > "$OUT/runs.txt"
+  for run in $(seq "$RUNS"); do
+    for c in $CANDIDATES; do
+      for mode in $MODES; do
+        start "$c"
+        before=$(rss "$server_pid")
+        rm -f "$work/ready" "$work/done"
+        hold "$N" "$mode" "$work/ready" "$work/done" & holder=$!
+        wait_for "$work/ready"
+        sleep 2
+        held=$(rss "$server_pid"); opened=$(cat "$work/ready")
+        touch "$work/done"; wait "$holder" || true
+        per=$(( (held - before) * 1024 / opened ))
+        echo "$run $c $mode $opened $before $held $per" | tee -a "$OUT/runs.txt"
+        stop
+      done
+    done
+  done
+  {
+    echo "RSS growth per idle keep-alive connection, N=$N, median of $RUNS (bytes):"
+    printf '%-10s' ""; for mode in $MODES; do printf '%12s' "$mode"; done; echo
+    for c in $CANDIDATES; do
+      printf '%-10s' "$c"
+      for mode in $MODES; do printf '%12s' "$(awk -v c="$c" -v m="$mode" '$2==c && $3==m {print $7}' "$OUT/runs.txt" | median)"; done
+      echo
+    done
+  } | tee "$OUT/summary.txt"
+  exit 0
+fi
+
+# MIXED: busy connections with and without N idle ones, interleaved.
+command -v wrk >/dev/null || { echo "needs wrk" >&2; exit 1; }
+start gateway
+busy() {
+  taskset -c 0 wrk -t1 -c64 -d10s --latency -H "Host: acme.gw.test" http://127.0.0.1:18080/ > "$work/wrk.txt"
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.txt")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /ms$/) {sub(/ms/,"",v); print v} else if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else {sub(/s/,"",v); print v*1000}}' "$work/wrk.txt")
+  echo "$rps $p99"
+}
+: > "$OUT/mixed.txt"
+for run in $(seq "$RUNS"); do
+  read -r rps p99 < <(busy)
+  echo "$run without $rps $p99 -" | tee -a "$OUT/mixed.txt"
+  rm -f "$work/ready" "$work/done"
+  hold "$N" plain "$work/ready" "$work/done" & holder=$!
+  wait_for "$work/ready"; sleep 2
+  fresh=$(curl -s -o /dev/null -w '%{time_total}' -H "Host: acme.gw.test" http://127.0.0.1:18080/)
+  read -r rps p99 < <(busy)
+  echo "$run with $rps $p99 $(awk -v t="$fresh" 'BEGIN {printf "%.2f", t*1000}')" | tee -a "$OUT/mixed.txt"
+  touch "$work/done"; wait "$holder" || true
+done
+{
+  w_rps=$(awk '$2=="without" {print $3}' "$OUT/mixed.txt" | median)
+  i_rps=$(awk '$2=="with" {print $3}' "$OUT/mixed.txt" | median)
+  w_p99=$(awk '$2=="without" {print $4}' "$OUT/mixed.txt" | median)
+  i_p99=$(awk '$2=="with" {print $4}' "$OUT/mixed.txt" | median)
+  fresh=$(awk '$2=="with" {print $5}' "$OUT/mixed.txt" | median)
+  echo "64 busy connections (wrk, 10 s), median of $RUNS interleaved runs:"
+  echo "  without idle connections: $w_rps req/s, p99 $w_p99 ms"
+  echo "  with $N idle connections: $i_rps req/s, p99 $i_p99 ms (ratio req/s $(awk -v a="$i_rps" -v b="$w_rps" 'BEGIN {printf "%.3f", a/b}'), p99 $(awk -v a="$i_p99" -v b="$w_p99" 'BEGIN {printf "%.3f", a/b}'))"
+  echo "  a fresh client while they are open: answered in $fresh ms (curl time_total, median)"
+} | tee "$OUT/summary.txt"

@@ -98,6 +98,16 @@ impl ConnInfo {
     }
 }
 
+impl crate::io::IdleClock for ConnInfo {
+    fn idle_for(&self) -> Duration {
+        ConnInfo::idle_for(self)
+    }
+
+    fn at_message_start(&self) -> bool {
+        self.head_scan.at_message_start()
+    }
+}
+
 /// Counts a request against its connection until dropped (with the response body), so an
 /// idle connection can be told from one streaming a long response.
 #[derive(Debug)]
@@ -155,6 +165,11 @@ impl HeadScan {
             self.content_length.store(0, Ordering::Relaxed);
             self.state.store(SCAN_RESTART, Ordering::Relaxed);
         }
+    }
+
+    /// No byte of a next request has been read since the last response ended.
+    pub fn at_message_start(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == SCAN_RESTART
     }
 
     /// The connection speaks HTTP/2: nothing to scan.

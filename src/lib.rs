@@ -40,6 +40,7 @@ pub mod devcerts;
 pub mod dns;
 pub mod error;
 pub mod fairshare;
+pub mod fdlimit;
 pub mod files;
 pub mod forward;
 pub mod gateway;

@@ -292,11 +292,37 @@ fn load_gateway(path: &Path) -> anyhow::Result<Arc<Gateway>> {
 
 async fn run(path: &Path) -> anyhow::Result<()> {
     let gw = load_gateway(path)?;
+    log_open_files(gw.snapshot().limits.max_connections as u64);
     let running = gw.start().await?;
     let _watch = tenant_gateway::watch::spawn(gw.clone())
         .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; reload with SIGHUP or POST /reload"))
         .ok();
     serve_until_signalled(gw, running).await
+}
+
+/// Raises the open-files limit to the hard limit and says how many clients fit.
+fn log_open_files(max_connections: u64) {
+    use tenant_gateway::fdlimit;
+    match fdlimit::raise() {
+        Some((before, after)) => {
+            let capacity = fdlimit::capacity(after);
+            tracing::info!(
+                open_files = after,
+                raised_from = before,
+                client_connections = capacity,
+                max_connections,
+                "open-files limit"
+            );
+            if capacity < max_connections {
+                tracing::warn!(
+                    capacity,
+                    max_connections,
+                    "limits.max_connections is above what the open-files limit allows; accepts will fail with EMFILE first (raise `ulimit -Hn` or LimitNOFILE)"
+                );
+            }
+        }
+        None => tracing::warn!("could not read the open-files limit"),
+    }
 }
 
 /// Reloads on SIGHUP; drains and returns on SIGTERM or SIGINT.

@@ -26,6 +26,12 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     pub active_connections: Gauge,
+    /// HTTP/1 connections waiting for their next request holding no buffers (parked).
+    pub parked_connections: Gauge,
+    /// `accept` failures by reason (`too_many_open_files`, `other`); accepting backs off.
+    pub accept_errors: Family<Labels, Counter>,
+    /// Times a listener stopped accepting because `limits.max_connections` were open.
+    pub connection_limit_reached: Counter,
     pub tls_handshake_failures: Family<Labels, Counter>,
     /// Connections closed by the gateway before or between requests, by reason.
     pub connections_closed: Family<Labels, Counter>,
@@ -52,6 +58,9 @@ impl Metrics {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let active_connections = Gauge::default();
+        let parked_connections = Gauge::default();
+        let accept_errors = Family::<Labels, Counter>::default();
+        let connection_limit_reached = Counter::default();
         let tls_handshake_failures = Family::<Labels, Counter>::default();
         let connections_closed = Family::<Labels, Counter>::default();
         let upstream_errors = Family::<Labels, Counter>::default();
@@ -79,6 +88,21 @@ impl Metrics {
             "active_connections",
             "Client connections open now",
             active_connections.clone(),
+        );
+        registry.register(
+            "parked_connections",
+            "HTTP/1 client connections waiting for their next request with no buffers held",
+            parked_connections.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts by reason (too_many_open_files, other); the listener backs off 20 ms",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "connection_limit_reached",
+            "Times a listener paused accepting because limits.max_connections were open",
+            connection_limit_reached.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -135,6 +159,9 @@ impl Metrics {
         Self {
             registry,
             active_connections,
+            parked_connections,
+            accept_errors,
+            connection_limit_reached,
             tls_handshake_failures,
             connections_closed,
             upstream_errors,

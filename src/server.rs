@@ -8,14 +8,13 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::conn::{ConnInfo, HeadScanner};
-use crate::io::ObserveReads;
+use crate::io::{Home, Lease, ObserveReads};
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::shared::Shared;
@@ -42,13 +41,19 @@ pub struct ListenerCtx {
 /// Serves `listener` until `shutdown` turns true, then drains within `limits.shutdown_grace_ms`.
 pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::Receiver<bool>) {
     let ctx = Arc::new(ctx);
-    let graceful = GracefulShutdown::new();
+    // The drain signal: every connection holds a receiver; the drain waits for all to drop it.
+    let (drain, _) = watch::channel(());
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
+                    let reason = match e.raw_os_error() {
+                        Some(libc::EMFILE | libc::ENFILE) => "too_many_open_files",
+                        _ => "other",
+                    };
+                    Metrics::count(&ctx.shared.metrics().accept_errors, "reason", reason);
                     tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
@@ -61,7 +66,10 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         let permit = match ctx.connections.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => tokio::select! {
-                p = ctx.connections.clone().acquire_owned() => match p {
+                p = {
+                    ctx.shared.metrics().connection_limit_reached.inc();
+                    ctx.connections.clone().acquire_owned()
+                } => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -69,7 +77,7 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
             },
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let watcher = drain.subscribe();
         let ctx = ctx.clone();
         // A span per connection (debug level: free unless asked for with RUST_LOG).
         let span = tracing::debug_span!("conn", listener = %ctx.name, %remote);
@@ -82,8 +90,9 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
     }
     drop(listener);
     let grace = ctx.shared.snapshot().limits.shutdown_grace;
+    let _ = drain.send(());
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = %ctx.name, "drained"),
+        _ = drain.closed() => tracing::info!(listener = %ctx.name, "drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(listener = %ctx.name, "grace period over; closing remaining connections"),
     }
 }
@@ -180,15 +189,22 @@ async fn serve_connection(
     mut stream: TcpStream,
     remote: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: watch::Receiver<()>,
 ) {
     let limits = ctx.shared.snapshot().limits;
     let metrics = ctx.shared.metrics();
     // PROXY protocol: the client is who the trusted balancer says (before the per-IP cap).
     let (remote, proxied_by) = if ctx.proxy_protocol {
         let trusted = ctx.shared.snapshot().trusted_proxies.clone();
-        match crate::proxy_protocol::accept(&mut stream, remote, &trusted, limits.header_timeout)
-            .await
+        // Boxed (as the handshake and the serving loop below): the task keeps only the state
+        // of the phase it is in, so a waiting connection's task stays small.
+        match Box::pin(crate::proxy_protocol::accept(
+            &mut stream,
+            remote,
+            &trusted,
+            limits.header_timeout,
+        ))
+        .await
         {
             Ok(client) => (client.unwrap_or(remote), Some(remote)),
             Err(refused) => {
@@ -227,37 +243,43 @@ async fn serve_connection(
                 Metrics::count(&metrics.connections_closed, "reason", "first_byte_timeout");
                 return;
             }
+            // HTTP/2 with prior knowledge starts with its preface (`PRI * HTTP/2.0`); only
+            // HTTP/1 connections park between requests.
+            let h1 = first[0] != b'P' || !starts_h2_preface(&stream).await;
             let conn = Arc::new(
                 ConnInfo::new(remote, false, None)
                     .proxied_by(proxied_by)
                     .holding(slot),
             );
-            serve(&builder, stream, conn, gw, watcher, limits.idle_timeout).await
+            Box::pin(serve(builder, stream, conn, gw, watcher, &limits, h1)).await
         }
         Some(acceptor) => {
-            let tls_stream =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        if let Some(reason) = crate::client_auth::failure_reason(&e) {
-                            Metrics::count(&metrics.client_cert_failures, "reason", reason);
-                        }
-                        let reason = match e.kind() {
-                            std::io::ErrorKind::InvalidData => "tls_error",
-                            std::io::ErrorKind::UnexpectedEof => "client_closed",
-                            _ => "io",
-                        };
-                        Metrics::count(&metrics.tls_handshake_failures, "reason", reason);
-                        return;
+            let tls_stream = match Box::pin(tokio::time::timeout(
+                limits.handshake_timeout,
+                acceptor.accept(stream),
+            ))
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    if let Some(reason) = crate::client_auth::failure_reason(&e) {
+                        Metrics::count(&metrics.client_cert_failures, "reason", reason);
                     }
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                        Metrics::count(&metrics.tls_handshake_failures, "reason", "timeout");
-                        return;
-                    }
-                };
+                    let reason = match e.kind() {
+                        std::io::ErrorKind::InvalidData => "tls_error",
+                        std::io::ErrorKind::UnexpectedEof => "client_closed",
+                        _ => "io",
+                    };
+                    Metrics::count(&metrics.tls_handshake_failures, "reason", reason);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    Metrics::count(&metrics.tls_handshake_failures, "reason", "timeout");
+                    return;
+                }
+            };
             let sni = tls_stream.get_ref().1.server_name();
             let sans = tls_stream
                 .get_ref()
@@ -272,10 +294,11 @@ async fn serve_connection(
                     .with_client_sans(sans)
                     .holding(slot),
             );
-            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
                 conn.head_scan().disable();
             }
-            serve(&builder, tls_stream, conn, gw, watcher, limits.idle_timeout).await
+            Box::pin(serve(builder, tls_stream, conn, gw, watcher, &limits, !h2)).await
         }
     };
     if let Err(e) = served {
@@ -283,30 +306,128 @@ async fn serve_connection(
     }
 }
 
+/// How long an HTTP/1 connection has had no request in progress before it parks: hyper's
+/// connection (its read and write buffers, its state) is dropped and the task waits for the
+/// next request's first byte holding only the socket (and, over TLS, the rustls session).
+/// Long enough that a busy keep-alive client never parks between its requests.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Counts a connection in `parked_connections` while it lives.
+struct ParkedGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ParkedGauge {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for ParkedGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Whether the bytes waiting on a plain connection begin the HTTP/2 preface (`PRI * HTTP/2.0`).
+async fn starts_h2_preface(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let mut head = [0u8; 16];
+    match stream.peek(&mut head).await {
+        Ok(n) => n > 0 && PREFACE.starts_with(&head[..n.min(PREFACE.len())]),
+        Err(_) => false,
+    }
+}
+
+/// A client stream the serving loop can wait on between requests without reading from it.
+trait Waiting: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when the next request's first bytes are there (or the client closed: hyper
+    /// then reads the end and the connection ends). Nothing is buffered while it waits.
+    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Waiting for TcpStream {
+    async fn ready(&mut self) {
+        let _ = self.peek(&mut [0u8; 1]).await;
+    }
+}
+
+impl Waiting for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn ready(&mut self) {
+        // Plaintext rustls already holds (a request that came with the last one) is ready now.
+        let pending = self.get_mut().1.process_new_packets().map_or(true, |s| {
+            s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+        });
+        if !pending {
+            let _ = self.get_ref().0.peek(&mut [0u8; 1]).await;
+        }
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends, the drain closes it,
-/// or it has been idle (no request in progress) for `idle_limit`.
-async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
+/// or it has been idle (no request in progress) for `limits.idle_timeout`. An HTTP/1 connection
+/// (`h1`) parks between requests once idle for [`PARK_AFTER`] (see [`Lease`]) and is served by
+/// a fresh hyper connection when its next request arrives.
+async fn serve<S: Waiting>(
+    builder: auto::Builder<TokioExecutor>,
+    mut stream: S,
     conn: Arc<ConnInfo>,
     gw: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
-    idle_limit: std::time::Duration,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    mut drain: watch::Receiver<()>,
+    limits: &ConnLimits,
+    h1: bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let c = conn.clone();
     let g = gw.clone();
     let service = service_fn(move |req| proxy::handle(g.clone(), c.clone(), req));
-    let io = ObserveReads::new(io, HeadScanner::new(conn.clone()));
-    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::select! {
-        r = watcher.watch(fut.into_owned()) => r,
-        _ = idle(&conn, idle_limit) => {
-            tracing::debug!(remote = %conn.remote, "idle connection closed");
-            Metrics::count(&gw.metrics().connections_closed, "reason", "idle");
-            Ok(())
+    let home: Home<S> = Arc::default();
+    let idle_limit = limits.idle_timeout;
+    // Waiting for the next request is bounded by the header timeout too, as hyper bounds it.
+    let parked_limit = limits.idle_timeout.min(limits.header_timeout);
+    let closed_idle = |gw: &Shared, conn: &ConnInfo| {
+        tracing::debug!(remote = %conn.remote, "idle connection closed");
+        Metrics::count(&gw.metrics().connections_closed, "reason", "idle");
+    };
+    let mut parked: Option<ParkedGauge> = None;
+    loop {
+        // Wait for the (next) request holding nothing but the socket.
+        tokio::select! {
+            _ = stream.ready() => drop(parked.take()),
+            _ = drain.changed() => return Ok(()),
+            _ = idle(&conn, parked_limit) => {
+                closed_idle(&gw, &conn);
+                return Ok(());
+            }
         }
+        let lease = Lease::new(stream, home.clone(), conn.clone(), h1.then_some(PARK_AFTER));
+        let io = ObserveReads::new(lease, HeadScanner::new(conn.clone()));
+        // Boxed, so a parked connection's task holds a pointer rather than hyper's state.
+        let mut served =
+            Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service.clone()));
+        let mut draining = false;
+        let ended = loop {
+            tokio::select! {
+                r = served.as_mut() => break r,
+                _ = drain.changed(), if !draining => {
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
+                }
+                _ = idle(&conn, idle_limit) => {
+                    closed_idle(&gw, &conn);
+                    return Ok(());
+                }
+            }
+        };
+        drop(served);
+        ended?;
+        // Gone with an upgrade (the splice holds the stream) or closed by either side.
+        let taken = home.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((s, true)) = taken else {
+            return Ok(());
+        };
+        if draining {
+            return Ok(());
+        }
+        stream = s;
+        parked = Some(ParkedGauge::new(&gw.metrics().parked_connections));
     }
 }
