@@ -90,7 +90,9 @@ pub struct QuotaCheck {
 /// kept in µs and the sub-µs part beside it, and all arithmetic is done on differences from
 /// now (small numbers). A rate of millions per second (an interval under 1 µs) still advances
 /// the state, where milliseconds with three decimals stopped at 2,000,000/s. A value in
-/// another format (an older version's) counts as a full bucket.
+/// another format (an older version's) counts as a full bucket. The key expires once the
+/// bucket is full again, and lives at least 1 s (a time in the past reads as a full bucket
+/// too), so a key of a fast tenant is not dropped and re-made every millisecond.
 const GCRA_LUA: &str = r#"
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -130,7 +132,7 @@ end
 if interval > 0 then
   local us = now_us + math.floor(ahead / 1000)
   local ns = ahead % 1000
-  redis.call('SET', KEYS[1], string.format('%.0f:%.0f', us, ns), 'PX', math.max(1, math.ceil(ahead / 1000000)))
+  redis.call('SET', KEYS[1], string.format('%.0f:%.0f', us, ns), 'PX', math.max(1000, math.ceil(ahead / 1000000)))
 end
 return {1, 0, remaining, used}
 "#;
@@ -212,8 +214,11 @@ impl RedisStore {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(settings.timeout.max(Duration::from_millis(100))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            // One connection attempt per loss, no retries with back-off in between: while a
+            // reconnect waits, calls wait on it and end in a timeout, which means "maybe
+            // charged"; a refused connection should fail them at once ("not charged"). The
+            // next call (or the announcer, every second) tries again.
+            .set_number_of_retries(0);
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
