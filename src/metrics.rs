@@ -38,6 +38,8 @@ pub struct Metrics {
     pub last_reload_failed: Gauge,
     /// 1 while the cluster rate-limit store is degraded (breaker open or failing).
     pub store_degraded: Gauge,
+    /// Replicas sharing the limits as this replica last saw them announced in Redis.
+    pub store_replicas: Gauge,
     /// Requests that named no configured tenant.
     pub unknown: Arc<TenantStats>,
 }
@@ -64,6 +66,7 @@ impl Metrics {
         );
         let config_generation = Gauge::default();
         let store_degraded = Gauge::default();
+        let store_replicas = Gauge::default();
         let last_reload_failed = Gauge::default();
         registry.register(
             "config_last_reload_failed",
@@ -74,6 +77,11 @@ impl Metrics {
             "rate_limit_store_degraded",
             "1 while the shared rate-limit store is failing and on_error applies",
             store_degraded.clone(),
+        );
+        registry.register(
+            "rate_limit_store_replicas",
+            "Replicas sharing the limits, as last announced in Redis (the local fallback divides by it)",
+            store_replicas.clone(),
         );
         registry.register(
             "active_connections",
@@ -143,6 +151,7 @@ impl Metrics {
             config_generation,
             last_reload_failed,
             store_degraded,
+            store_replicas,
             unknown,
         }
     }

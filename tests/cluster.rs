@@ -313,6 +313,12 @@ async fn three_replicas_count_themselves_and_their_fallback_shares_add_up_to_one
         redis.command(&format!("ZCARD test:{}:_replicas", redis.port)),
         ":3"
     );
+    let metrics = h1(addrs[0].1, get("localhost", "/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("gateway_rate_limit_store_replicas 3"),
+        "{text}"
+    );
 
     // Redis gone: each replica enforces a third of 12/s (4/s, 4 cells of burst), so the
     // three together let through about one tenant's rate: 12 + 12/s.
