@@ -580,6 +580,43 @@ async fn the_shared_state_still_advances_at_millions_per_second() {
         std::io::BufRead::read_line(&mut r, &mut line).expect("read");
     }
     assert_eq!(line.trim_end(), format!("{}:500", now_us + 3));
+
+    // A state in another format (an older version's milliseconds) reads as a full bucket.
+    assert_eq!(redis.command("SET hr:old 1796098099123.456"), "+OK");
+    match store.check_at("old", Some(rate), None, now_us).await {
+        Ok(Decision::Allowed { remaining, .. }) => assert_eq!(remaining, 9),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_breaker_settings_are_config_errors_with_their_paths() {
+    let env = Env::new();
+    let redis = RedisServer::start();
+    for (opts, want) in [
+        (
+            "failure_rate_percent: 0",
+            "cluster.rate_limit_store.redis.failure_rate_percent: must be between 1 and 100",
+        ),
+        (
+            "failure_rate_percent: 101",
+            "cluster.rate_limit_store.redis.failure_rate_percent: must be between 1 and 100",
+        ),
+        (
+            "failure_window_ms: 0",
+            "cluster.rate_limit_store.redis.failure_window_ms: must be greater than 0",
+        ),
+        (
+            "replicas: 0",
+            "cluster.rate_limit_store.redis.replicas: must be greater than 0",
+        ),
+    ] {
+        let yaml = store_config(&env, "http://127.0.0.1:9", &redis, "", "", opts);
+        let errors = tenant_gateway::config::load_bytes(yaml.as_bytes())
+            .expect_err(opts)
+            .to_string();
+        assert!(errors.contains(want), "{opts}: {errors}");
+    }
 }
 
 #[test]
