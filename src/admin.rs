@@ -181,6 +181,7 @@ async fn route(
             {
                 if let Some(s) = gw.rate_limit_store() {
                     gw.metrics().store_degraded.set(i64::from(s.is_degraded()));
+                    gw.metrics().store_replicas.set(i64::from(s.replicas()));
                 }
                 gw.metrics().render()
             },

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Decision, OnError, QuotaCheck, RedisStore};
+use crate::cluster::{Decision, OnError, QuotaCheck, RedisStore, StoreUnavailable};
 use crate::error::GatewayError;
 use crate::limits::{
-    ConcurrencyPermit, RateLimitHeaders, TenantLimiter, TenantStats, ceil_secs, ratelimit_value,
+    ConcurrencyPermit, FallbackLimiter, RateLimitHeaders, TenantLimiter, TenantStats, ceil_secs,
+    ratelimit_value,
 };
 use crate::quota::{self, Meter, QuotaSpec, QuotaState};
 use crate::snapshot::Tenant;
@@ -19,30 +20,48 @@ pub struct Admission {
     pub permit: Option<ConcurrencyPermit>,
 }
 
-fn check_local(
-    tenant: &Tenant,
-    limiter: &TenantLimiter,
-    rl: &mut Option<RateLimitHeaders>,
-) -> Result<(), GatewayError> {
-    match limiter.check() {
-        Ok(state) => {
-            *rl = Some((limiter.policy().clone(), state));
-            Ok(())
+/// The rate a request is checked against on this replica.
+#[derive(Clone, Copy)]
+enum LocalRate<'a> {
+    /// The tenant's whole rate (no cluster store).
+    Full(&'a TenantLimiter),
+    /// This replica's share while the cluster store cannot answer; `take: false` decides
+    /// without taking a cell (the script timed out, so Redis may have charged it already).
+    Share {
+        limiter: &'a FallbackLimiter,
+        replicas: u32,
+        take: bool,
+    },
+}
+
+impl LocalRate<'_> {
+    fn check(self) -> Result<RateLimitHeaders, (Duration, RateLimitHeaders)> {
+        match self {
+            Self::Full(l) => l
+                .check()
+                .map(|state| (l.policy().clone(), state))
+                .map_err(|wait| {
+                    (
+                        wait,
+                        (l.policy().clone(), ratelimit_value(0, ceil_secs(wait))),
+                    )
+                }),
+            Self::Share {
+                limiter,
+                replicas,
+                take,
+            } => limiter.check(replicas, take),
         }
-        Err(wait) => Err(limited(tenant, limiter, wait, rl)),
     }
 }
 
 fn limited(
     tenant: &Tenant,
-    limiter: &TenantLimiter,
+    headers: RateLimitHeaders,
     wait: Duration,
     rl: &mut Option<RateLimitHeaders>,
 ) -> GatewayError {
-    *rl = Some((
-        limiter.policy().clone(),
-        ratelimit_value(0, ceil_secs(wait)),
-    ));
+    *rl = Some(headers);
     TenantStats::bump(&tenant.stats.rate_limited);
     GatewayError::RateLimited { retry_after: wait }
 }
@@ -59,7 +78,7 @@ fn over_quota(tenant: &Tenant, st: QuotaState, ql: &mut Option<RateLimitHeaders>
 /// the count are one step; a request refused by either takes nothing from the other.
 fn check_locally(
     tenant: &Tenant,
-    limiter: Option<&TenantLimiter>,
+    rate: Option<LocalRate<'_>>,
     quota: Option<QuotaSpec>,
     meter: &Meter,
     now: i64,
@@ -85,8 +104,11 @@ fn check_locally(
     {
         return Err(over_quota(tenant, st, ql));
     }
-    if let Some(l) = limiter {
-        check_local(tenant, l, rl)?;
+    if let Some(r) = rate {
+        match r.check() {
+            Ok(headers) => *rl = Some(headers),
+            Err((wait, headers)) => return Err(limited(tenant, headers, wait, rl)),
+        }
     }
     entry.requests += 1;
     if let Some(mut st) = state {
@@ -115,7 +137,15 @@ pub async fn admit(
     let period = quota::usage_period(quota);
     let limiter = tenant.limiter.as_deref();
     match store.filter(|_| limiter.is_some() || quota.is_some()) {
-        None => check_locally(tenant, limiter, quota, meter, now, rl, ql)?,
+        None => check_locally(
+            tenant,
+            limiter.map(LocalRate::Full),
+            quota,
+            meter,
+            now,
+            rl,
+            ql,
+        )?,
         Some(store) => {
             let (start, end) = period.bounds(now);
             let check = quota.map(|q| QuotaCheck {
@@ -151,7 +181,11 @@ pub async fn admit(
                 }
                 Ok(Decision::Limited { retry_after }) => {
                     if let Some(l) = limiter {
-                        return Err(limited(tenant, l, retry_after, rl));
+                        let headers = (
+                            l.policy().clone(),
+                            ratelimit_value(0, ceil_secs(retry_after)),
+                        );
+                        return Err(limited(tenant, headers, retry_after, rl));
                     }
                 }
                 Ok(Decision::QuotaExceeded { used }) => {
@@ -165,19 +199,25 @@ pub async fn admit(
                         return Err(over_quota(tenant, st, ql));
                     }
                 }
-                Err(_) => match store.settings.on_error {
+                Err(why) => match store.settings.on_error {
                     OnError::Allow => meter.count(&tenant.name, period, now, &tenant.stats),
                     OnError::Deny => return Err(GatewayError::RateLimitUnavailable),
-                    // This replica's share of the rate and of the quota; the headers describe
-                    // the share being enforced.
+                    // This replica's exact share of the rate and of the quota, divided by the
+                    // replica count seen last; the headers describe the share being enforced.
+                    // A timed-out script may have run in Redis and charged the request there:
+                    // the share then decides without taking a cell (never charged twice).
                     OnError::Local => {
-                        let share = tenant.fallback.as_deref().or(limiter);
-                        let replicas = u64::from(store.settings.replicas.max(1));
+                        let replicas = store.replicas();
+                        let rate = tenant.fallback.as_deref().map(|limiter| LocalRate::Share {
+                            limiter,
+                            replicas,
+                            take: why != StoreUnavailable::Timeout,
+                        });
                         let quota_share = quota.map(|q| QuotaSpec {
-                            requests: (q.requests / replicas).max(1),
+                            requests: (q.requests / u64::from(replicas)).max(1),
                             period: q.period,
                         });
-                        check_locally(tenant, share, quota_share, meter, now, rl, ql)?;
+                        check_locally(tenant, rate, quota_share, meter, now, rl, ql)?;
                     }
                 },
             }

@@ -237,6 +237,11 @@ impl Gateway {
     pub async fn start(self: &Arc<Self>) -> io::Result<Running> {
         let snap = self.snapshot();
         snap.activate();
+        // A Redis Cluster node is refused before anything is served (when it answers now;
+        // otherwise the announcer checks once it does).
+        if let Some(store) = &self.shared.store {
+            store.refuse_cluster().await.map_err(io::Error::other)?;
+        }
         let tls = server::tls_acceptor(self.snapshot_cell()).map_err(io::Error::other)?;
         let connections = Arc::new(Semaphore::new(snap.limits.max_connections));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -297,7 +302,13 @@ impl Gateway {
                 snap.usage.state_interval,
             )));
         }
+        let announcer = self
+            .shared
+            .store
+            .clone()
+            .map(|store| tokio::spawn(store.announce_every()));
         Ok(Running {
+            announcer,
             usage_tasks,
             listeners,
             admin_tasks,
@@ -330,6 +341,8 @@ pub struct Running {
     tasks: JoinSet<()>,
     /// The usage exporter and state-file writer; flushed once more after the drain.
     usage_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The replica announcement (cluster mode); the replica leaves the set after the drain.
+    announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -364,6 +377,12 @@ impl Running {
         }
         for t in self.usage_tasks.drain(..) {
             t.abort();
+        }
+        if let Some(t) = self.announcer.take() {
+            t.abort();
+            if let Some(store) = &self.gateway.shared.store {
+                store.retire().await;
+            }
         }
         let gw = self.gateway.clone();
         let _ = tokio::task::spawn_blocking(move || gw.flush_usage()).await;

@@ -10,7 +10,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
@@ -95,6 +95,135 @@ impl TenantLimiter {
 pub(crate) fn ratelimit_value(remaining: u32, reset_secs: u64) -> HeaderValue {
     HeaderValue::try_from(format!("\"tenant\";r={remaining};t={reset_secs}"))
         .unwrap_or_else(|_| HeaderValue::from_static("\"tenant\";r=0;t=1"))
+}
+
+// === impl FallbackLimiter ===
+
+/// The GCRA parameters of a share of a rate, in nanoseconds: one cell every `interval_ns`,
+/// admitted while the theoretical arrival time is at most `tolerance_ns` ahead of now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+/// Lua doubles are exact up to 2^53: parameters sent to the cluster script stay below it
+/// (104 days), far beyond any sensible burst window.
+const MAX_NS: u64 = 1 << 53;
+
+impl Share {
+    /// `1/replicas` of `rate`, exactly: 5/s over 3 replicas is one cell every 600 ms (5/3 per
+    /// second, not 1), 2/s over 3 one every 1.5 s (not 1/s each). The burst window stays
+    /// `burst / per_second` seconds, so each replica holds `burst / replicas` cells of it, and
+    /// at least one (a replica that could never admit anything would be no share at all).
+    /// Intervals are rounded down to the nanosecond: a share is never short by more than 1 ns
+    /// per cell. `None` for a zero rate.
+    pub fn of(rate: Rate, replicas: u32) -> Option<Self> {
+        if rate.per_second == 0 || rate.burst == 0 {
+            return None;
+        }
+        let per = u128::from(rate.per_second);
+        let ns = |x: u128| u64::try_from(x).unwrap_or(u64::MAX).clamp(1, MAX_NS);
+        let interval_ns = ns(1_000_000_000 * u128::from(replicas.max(1)) / per);
+        let tolerance_ns = ns(1_000_000_000 * u128::from(rate.burst) / per).max(interval_ns);
+        Some(Self {
+            interval_ns,
+            tolerance_ns,
+        })
+    }
+
+    /// Cells admitted at once from a full bucket.
+    pub fn cells(&self) -> u64 {
+        self.tolerance_ns / self.interval_ns
+    }
+
+    /// `"tenant";q=<cells at once>;w=<seconds to refill them>`.
+    pub fn policy(&self) -> HeaderValue {
+        HeaderValue::try_from(format!(
+            "\"tenant\";q={};w={}",
+            self.cells(),
+            ceil_secs(Duration::from_nanos(self.tolerance_ns))
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"tenant\""))
+    }
+}
+
+/// A tenant's share of its rate on this replica while the cluster store cannot answer
+/// (`on_error: local`). Its state is one atomic (the theoretical arrival time); the share is
+/// computed per call from the replica count seen last, so it follows the cluster's size
+/// without a reload. Runtime state: kept across reloads that keep the tenant's rate.
+#[derive(Debug)]
+pub struct FallbackLimiter {
+    pub rate: Rate,
+    /// Theoretical arrival time, nanoseconds since `epoch` (0: a full bucket).
+    tat: AtomicU64,
+    epoch: Instant,
+}
+
+/// What a fallback check says: admitted (cells left, time until the bucket is full again) or
+/// refused (time until the next cell).
+pub type ShareDecision = Result<(u64, Duration), Duration>;
+
+impl FallbackLimiter {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            tat: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Checks one cell of `share` at `now_ns` (nanoseconds since this limiter was made); takes
+    /// it when `take` (else only says whether it would be admitted).
+    pub fn decide_at(&self, share: Share, now_ns: u64, take: bool) -> ShareDecision {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let new_tat = tat.max(now_ns).saturating_add(share.interval_ns);
+            let ahead = new_tat - now_ns;
+            if ahead > share.tolerance_ns {
+                return Err(Duration::from_nanos(ahead - share.tolerance_ns));
+            }
+            let out = (
+                (share.tolerance_ns - ahead) / share.interval_ns,
+                Duration::from_nanos(ahead),
+            );
+            if !take {
+                return Ok(out);
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(out),
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    /// This replica's share of the rate when `replicas` share it, checked now; the
+    /// `RateLimit-Policy` and `RateLimit` values describe the share. Err: the wait and the
+    /// headers of the refusal.
+    pub fn check(
+        &self,
+        replicas: u32,
+        take: bool,
+    ) -> Result<RateLimitHeaders, (Duration, RateLimitHeaders)> {
+        let Some(share) = Share::of(self.rate, replicas) else {
+            let none = HeaderValue::from_static("\"tenant\"");
+            return Ok((none.clone(), none));
+        };
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match self.decide_at(share, now, take) {
+            Ok((remaining, full_in)) => Ok((
+                share.policy(),
+                ratelimit_value(
+                    u32::try_from(remaining).unwrap_or(u32::MAX),
+                    ceil_secs(full_in),
+                ),
+            )),
+            Err(wait) => Err((wait, (share.policy(), ratelimit_value(0, ceil_secs(wait))))),
+        }
+    }
 }
 
 /// A tenant's concurrency cap. It outlives reloads (keyed by tenant in the runtime); a reload
@@ -340,6 +469,117 @@ mod tests {
             wait > Duration::from_millis(100) && wait <= Duration::from_millis(200),
             "{wait:?}"
         );
+    }
+
+    /// Cells a share admits in `secs` seconds of requests every millisecond (fake time).
+    fn admitted_over(rate: Rate, replicas: u32, secs: u64) -> u64 {
+        let l = FallbackLimiter::new(rate);
+        let share = Share::of(rate, replicas).expect("share");
+        (0..secs * 1000)
+            .filter(|ms| l.decide_at(share, ms * 1_000_000, true).is_ok())
+            .count() as u64
+    }
+
+    #[test]
+    fn a_replica_share_is_exact_not_rounded_to_whole_requests() {
+        // 5/s burst 5 over 3 replicas: 5/3 per second each, ~100 in 60 s plus the burst share
+        // (one cell); integer division gave 1/s (60).
+        let rate = Rate {
+            per_second: 5,
+            burst: 5,
+        };
+        let n = admitted_over(rate, 3, 60);
+        assert!((100..=102).contains(&n), "5/s over 3 replicas: {n} in 60 s");
+        // Three replicas together: the tenant's rate, not 3/s.
+        assert!((300..=306).contains(&(3 * n)), "{}", 3 * n);
+        // 2/s over 3 replicas: one cell every 1.5 s (40 in 60 s), not 1/s each (60).
+        let n = admitted_over(
+            Rate {
+                per_second: 2,
+                burst: 2,
+            },
+            3,
+            60,
+        );
+        assert!((40..=41).contains(&n), "2/s over 3 replicas: {n} in 60 s");
+        // One replica: exactly the rate (and the burst at once).
+        let n = admitted_over(
+            Rate {
+                per_second: 7,
+                burst: 7,
+            },
+            1,
+            10,
+        );
+        assert!((76..=77).contains(&n), "7/s burst 7 alone: {n} in 10 s");
+    }
+
+    #[test]
+    fn a_share_keeps_the_burst_window_and_at_least_one_cell() {
+        let rate = Rate {
+            per_second: 5,
+            burst: 10,
+        };
+        let one = Share::of(rate, 1).expect("share");
+        assert_eq!(
+            (one.interval_ns, one.tolerance_ns, one.cells()),
+            (200_000_000, 2_000_000_000, 10)
+        );
+        let three = Share::of(rate, 3).expect("share");
+        assert_eq!((three.interval_ns, three.cells()), (600_000_000, 3));
+        assert_eq!(three.policy(), "\"tenant\";q=3;w=2");
+        // Burst 2 over 3 replicas: one cell each, never zero.
+        let tiny = Share::of(
+            Rate {
+                per_second: 2,
+                burst: 2,
+            },
+            3,
+        )
+        .expect("share");
+        assert_eq!(tiny.cells(), 1);
+        assert!(
+            Share::of(
+                Rate {
+                    per_second: 0,
+                    burst: 1
+                },
+                1
+            )
+            .is_none()
+        );
+        // Extremes never overflow.
+        let max = Share::of(
+            Rate {
+                per_second: 1,
+                burst: u32::MAX,
+            },
+            u32::MAX,
+        )
+        .expect("share");
+        assert!(max.tolerance_ns >= max.interval_ns);
+    }
+
+    #[test]
+    fn a_peek_decides_without_taking_a_cell() {
+        let rate = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let l = FallbackLimiter::new(rate);
+        let share = Share::of(rate, 1).expect("share");
+        for _ in 0..5 {
+            assert!(l.decide_at(share, 0, false).is_ok());
+        }
+        assert!(l.decide_at(share, 0, true).is_ok());
+        assert!(l.decide_at(share, 0, true).is_ok());
+        let wait = l.decide_at(share, 0, false).expect_err("empty");
+        assert_eq!(wait, Duration::from_secs(1));
+        // Headers of the share on this replica: one of the two cells left after the first.
+        let l = FallbackLimiter::new(rate);
+        let (policy, value) = l.check(1, true).expect("admitted");
+        assert_eq!(policy, "\"tenant\";q=2;w=2");
+        assert_eq!(value, "\"tenant\";r=1;t=1");
     }
 
     #[test]

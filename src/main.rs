@@ -161,10 +161,38 @@ fn check(path: &Path, explain: bool) -> ExitCode {
             if explain {
                 print!("{}", explain_routes(&snap));
             }
+            if let Err(msg) = check_store(&snap) {
+                eprintln!("{}: {msg}", path.display());
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => print_errors(path, &errors),
     }
+}
+
+/// `check` asks the cluster store's server, when it answers, whether it is a Redis Cluster
+/// node (refused). A server that does not answer is not an error: the gateway starts and
+/// serves per `on_error` while Redis is down.
+fn check_store(snap: &tenant_gateway::snapshot::Snapshot) -> Result<(), String> {
+    let Some(settings) = snap.cluster.clone() else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = tenant_gateway::cluster::RedisStore::new(settings)?;
+        match store.refuse_cluster().await? {
+            true => println!("rate-limit store {}: standalone Redis, ok", store.settings.url),
+            false => println!(
+                "rate-limit store {}: no answer (not checked; the gateway serves per on_error while it is down)",
+                store.settings.url
+            ),
+        }
+        Ok(())
+    })
 }
 
 /// Every config error with its YAML path, one a line; exit 1.

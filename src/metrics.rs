@@ -44,6 +44,8 @@ pub struct Metrics {
     pub last_reload_failed: Gauge,
     /// 1 while the cluster rate-limit store is degraded (breaker open or failing).
     pub store_degraded: Gauge,
+    /// Replicas sharing the limits as this replica last saw them announced in Redis.
+    pub store_replicas: Gauge,
     /// Requests that named no configured tenant.
     pub unknown: Arc<TenantStats>,
 }
@@ -73,6 +75,7 @@ impl Metrics {
         );
         let config_generation = Gauge::default();
         let store_degraded = Gauge::default();
+        let store_replicas = Gauge::default();
         let last_reload_failed = Gauge::default();
         registry.register(
             "config_last_reload_failed",
@@ -83,6 +86,11 @@ impl Metrics {
             "rate_limit_store_degraded",
             "1 while the shared rate-limit store is failing and on_error applies",
             store_degraded.clone(),
+        );
+        registry.register(
+            "rate_limit_store_replicas",
+            "Replicas sharing the limits, as last announced in Redis (the local fallback divides by it)",
+            store_replicas.clone(),
         );
         registry.register(
             "active_connections",
@@ -170,6 +178,7 @@ impl Metrics {
             config_generation,
             last_reload_failed,
             store_degraded,
+            store_replicas,
             unknown,
         }
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::fairshare::FairQueue;
-use crate::limits::{Concurrency, Rate, TenantLimiter, TenantStats};
+use crate::limits::{Concurrency, FallbackLimiter, Rate, TenantLimiter, TenantStats};
 use crate::token::TokenCache;
 use crate::upstream::{EndpointState, PoolState, UpstreamClient};
 
@@ -70,8 +70,10 @@ pub type ClientKey = (Duration, bool, Option<String>, Vec<SocketAddr>);
 #[derive(Default)]
 pub struct Runtime {
     pub tenant_stats: Registry<Box<str>, TenantStats>,
-    /// (tenant, rate, is the cluster fallback share).
-    pub limiters: Registry<(Box<str>, Rate, bool), TenantLimiter>,
+    /// (tenant, rate).
+    pub limiters: Registry<(Box<str>, Rate), TenantLimiter>,
+    /// The cluster fallback's share of a tenant's rate, by (tenant, rate).
+    pub fallbacks: Registry<(Box<str>, Rate), FallbackLimiter>,
     pub concurrency: Registry<Box<str>, Concurrency>,
     pub endpoints: Registry<EndpointKey, EndpointState>,
     pub pools: Registry<Box<str>, PoolState>,
@@ -90,6 +92,7 @@ impl Runtime {
     pub fn prune(&self) {
         self.tenant_stats.prune();
         self.limiters.prune();
+        self.fallbacks.prune();
         self.concurrency.prune();
         self.endpoints.prune();
         self.pools.prune();

@@ -202,8 +202,9 @@ pub struct Tenant {
     pub id_header: HeaderValue,
     pub plan_header: HeaderValue,
     pub limiter: Option<Arc<TenantLimiter>>,
-    /// This replica's share of the rate, used while the cluster store cannot answer.
-    pub fallback: Option<Arc<TenantLimiter>>,
+    /// This replica's share of the rate, used while the cluster store cannot answer
+    /// (`on_error: local`); the share follows the replica count seen last.
+    pub fallback: Option<Arc<crate::limits::FallbackLimiter>>,
     pub concurrency: Option<Arc<Concurrency>>,
     /// The upstream clients of this tenant's connect timeout (shared by tenants with the same).
     pub clients: Arc<crate::upstream::ClientSet>,

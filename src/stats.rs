@@ -397,6 +397,8 @@ pub fn collect(gw: &Shared, sampler: &Sampler, query: &Query) -> Value {
                 Some(s) if s.is_degraded() => "redis_degraded",
                 Some(_) => "redis",
             },
+            "replicas": gw.rate_limit_store().map(|s| s.replicas()),
+            "breaker": gw.rate_limit_store().map(|s| s.breaker_state()),
         },
         "config": {
             "generation": generation,

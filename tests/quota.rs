@@ -110,6 +110,9 @@ async fn a_daily_quota_beside_the_rate_limit_lists_both_policies_and_resets_on_n
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(over.json()["error"], "quota_exceeded");
     assert_eq!(over.headers["retry-after"], "10");
+    // The refusal carries the "quota" policy alone: the per-second one did not refuse it.
+    assert_eq!(over.headers["ratelimit-policy"], "\"quota\";q=2;w=86400");
+    assert_eq!(over.headers["ratelimit"], "\"quota\";r=0;t=10");
     // A refused request took no cell of the rate limit: 10 - 2 admitted.
     gw.meter().clock.set_ms(unix("2027-01-01T00:00:00Z") * 1000);
     let got = get_acme(http).await;

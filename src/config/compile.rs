@@ -204,11 +204,12 @@ pub fn compile_with(
                     v
                 }
             },
-            limiter: limits.rate.and_then(|r| c.limiter(name, r, false)),
-            fallback: cluster.as_ref().and(limits.rate).and_then(|r| {
-                let share =
-                    crate::cluster::local_share(r, cluster.as_ref().map_or(1, |c| c.replicas));
-                c.limiter(name, share, true)
+            limiter: limits.rate.and_then(|r| c.limiter(name, r)),
+            fallback: cluster.as_ref().and(limits.rate).map(|r| {
+                c.rt.fallbacks
+                    .get_or_insert_with((name.as_str().into(), r), || {
+                        crate::limits::FallbackLimiter::new(r)
+                    })
             }),
             // Keyed by tenant alone: a changed cap resizes the same slots on activation.
             concurrency: limits.max_concurrent.filter(|m| *m > 0).map(|m| {
@@ -672,12 +673,12 @@ impl Compiler<'_> {
 
     /// The tenant's limiter for `rate`: the running one when the rate is unchanged (no fresh
     /// burst on reload), a new one when it changed.
-    fn limiter(&self, tenant: &str, rate: Rate, fallback: bool) -> Option<Arc<TenantLimiter>> {
+    fn limiter(&self, tenant: &str, rate: Rate) -> Option<Arc<TenantLimiter>> {
         let limiter = TenantLimiter::new(rate)?;
         Some(
             self.rt
                 .limiters
-                .get_or_insert_with((tenant.into(), rate, fallback), || limiter),
+                .get_or_insert_with((tenant.into(), rate), || limiter),
         )
     }
 
@@ -1244,7 +1245,9 @@ impl Compiler<'_> {
             on_error,
             timeout: Duration::from_millis(r.timeout_ms.unwrap_or(10)),
             replicas: r.replicas.unwrap_or(1),
-            failure_threshold: r.failure_threshold.unwrap_or(3),
+            failure_threshold: r.failure_threshold.unwrap_or(5),
+            failure_rate_percent: r.failure_rate_percent.unwrap_or(50),
+            failure_window: Duration::from_millis(r.failure_window_ms.unwrap_or(1000)),
             open_for: Duration::from_millis(r.open_ms.unwrap_or(1000)),
             key_prefix: r.key_prefix.clone().unwrap_or_else(|| "tgw:rl:".to_owned()),
         };
@@ -1253,10 +1256,17 @@ impl Compiler<'_> {
             ("replicas", settings.replicas == 0),
             ("failure_threshold", settings.failure_threshold == 0),
             ("open_ms", settings.open_for.is_zero()),
+            ("failure_window_ms", settings.failure_window.is_zero()),
         ] {
             if zero {
                 self.err(format!("{path}.{field}"), "must be greater than 0");
             }
+        }
+        if !(1..=100).contains(&settings.failure_rate_percent) {
+            self.err(
+                format!("{path}.failure_rate_percent"),
+                "must be between 1 and 100",
+            );
         }
         Some(settings)
     }

@@ -587,12 +587,19 @@ pub struct RawRedis {
     /// Per call; default 10.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Replicas sharing the limits; `local` fallback enforces rate / replicas. Default 1.
+    /// The least number of replicas the `local` fallback divides by; the count itself is
+    /// announced by the replicas in Redis. Default 1.
     #[serde(default)]
     pub replicas: Option<u32>,
-    /// Failures in a row that open the circuit; default 3.
+    /// Failures within `failure_window_ms` before the circuit may open; default 5.
     #[serde(default)]
     pub failure_threshold: Option<u32>,
+    /// ... and the percentage of the window's calls they must be; default 50.
+    #[serde(default)]
+    pub failure_rate_percent: Option<u32>,
+    /// The sliding window of the failure rate; default 1000.
+    #[serde(default)]
+    pub failure_window_ms: Option<u64>,
     /// How long the open circuit skips Redis before a probe; default 1000.
     #[serde(default)]
     pub open_ms: Option<u64>,

@@ -433,11 +433,17 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
     _dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// A fresh `redis-server` on a free loopback port (no persistence), in its own temp dir.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A fresh `redis-server` with `extra` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -446,6 +452,7 @@ impl RedisServer {
             port,
             child: None,
             _dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         r.restart();
         r
@@ -461,8 +468,16 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no", "--dir"])
+            // `DEBUG SLEEP` (a slow command) from the tests' local connections.
+            .args([
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+                "--dir",
+            ])
             .arg(self._dir.path())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test.sh installs it)");
