@@ -6,6 +6,7 @@
 pub mod compile;
 pub mod edge;
 pub mod errors;
+pub mod keys;
 pub mod raw;
 
 use std::path::Path;
