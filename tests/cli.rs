@@ -85,7 +85,7 @@ fn check_lists_every_error_with_its_yaml_path() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stdout.contains("tenants.acme: unknown field `colour`"),
+        stdout.contains("tenants.acme.colour: unknown field `colour`"),
         "{stdout}"
     );
     let out = Command::new(bin())

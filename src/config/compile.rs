@@ -225,7 +225,14 @@ pub fn compile_with(
         });
     }
 
-    if listeners.iter().any(|l| l.tls) && certs.is_empty() {
+    // A configured certificate that failed to load has its own error ("cannot read certificate
+    // ..."); this one is only for a config that names none.
+    let certs_configured = raw
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.default_certificate.is_some())
+        || raw.tenants.values().any(|t| t.tls.is_some());
+    if listeners.iter().any(|l| l.tls) && certs.is_empty() && !certs_configured {
         c.err(
             "tls",
             "a TLS listener needs certificates: set tls.default_certificate or a tenant's tls",
@@ -510,7 +517,11 @@ impl Compiler<'_> {
                 _ => {
                     self.err(
                         path,
-                        format!("environment variable {var} is not set or empty"),
+                        format!(
+                            "environment variable {var} is not set or empty (the environment \
+                             is read once, at start: a key added or rotated without a restart \
+                             must use secret_file)"
+                        ),
                     );
                     None
                 }

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod edge;
 pub mod errors;
 pub mod keys;
+pub mod parse;
 pub mod raw;
 
 use std::path::Path;
@@ -16,14 +17,9 @@ pub use errors::{ConfigError, ConfigErrors};
 
 use crate::snapshot::Snapshot;
 
-/// Parses YAML text into the raw config, reporting the path of the first shape error.
+/// Parses YAML text into the raw config, reporting every shape error with its path and line.
 pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigErrors::single(path, e.into_inner().to_string())
-    })
+    parse::parse(text)
 }
 
 /// Reads, parses and compiles a config file (with fresh runtime state).
