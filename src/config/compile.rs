@@ -282,6 +282,8 @@ pub fn compile_with(
     match (c.errors.is_empty(), signing) {
         (true, Some(signing)) => Ok(Snapshot {
             content_hash: content_hash.to_owned(),
+            config_hash: content_hash.to_owned(),
+            effective: std::sync::Arc::new(super::effective::effective(raw, &tenants)),
             loaded_at: SystemTime::now(),
             listeners,
             admin,
@@ -510,6 +512,13 @@ impl Compiler<'_> {
         out
     }
 
+    /// Reads a file the config names and remembers it: it is watched (a rewritten secret file
+    /// reloads) and part of the `/config` hash.
+    fn read_named(&mut self, file: &Path) -> std::io::Result<Vec<u8>> {
+        self.files.push(file.to_path_buf());
+        crate::files::read_file(file)
+    }
+
     fn secret(&mut self, path: &str, env: Option<&str>, file: Option<&Path>) -> Option<Vec<u8>> {
         match (env, file) {
             (Some(var), None) => match std::env::var(var) {
@@ -526,7 +535,7 @@ impl Compiler<'_> {
                     None
                 }
             },
-            (None, Some(file)) => match crate::files::read_file(file) {
+            (None, Some(file)) => match self.read_named(file) {
                 Ok(v) => {
                     let trimmed = v.trim_ascii();
                     if trimmed.is_empty() {
@@ -1246,7 +1255,7 @@ impl Compiler<'_> {
                 self.err(format!("{path}.kid"), format!("duplicate kid {:?}", k.kid));
             }
             let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
-                (Some(file), None, None) => match crate::files::read_file(file) {
+                (Some(file), None, None) => match self.read_named(file) {
                     Ok(pem) => {
                         identity.update(&pem);
                         DecodingKey::from_rsa_pem(&pem)
