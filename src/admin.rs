@@ -207,6 +207,7 @@ async fn route(
                     "certificates": snap.certs.len(),
                     "last_reload_error": gw.last_reload_error(),
                     "config_hash": snap.config_hash,
+                    "gateway_version": env!("CARGO_PKG_VERSION"),
                     "files": snap.files.iter().map(|f| f.display().to_string()).collect::<std::collections::BTreeSet<_>>(),
                     "signing": {
                         "active_kid": snap.signing.active.id(),
