@@ -1,4 +1,4 @@
-//! The YAML file as written by the operator (`version: 1`, see SPEC.md).
+//! The YAML file as written by the operator (`version: 1`; every key: docs/configuration.md).
 //!
 //! These types only describe the shape of the file: every struct denies unknown fields, and
 //! nothing here is validated beyond what serde checks. `compile` turns them into a `Snapshot`.
