@@ -26,7 +26,8 @@ fn rc(e: rcgen::Error) -> io::Error {
 }
 
 /// Writes `ca.crt`, `ca.key`, `default.crt`, `default.key` and `<tenant>.crt` / `.key` into
-/// `out`, plus `signing.key` and `jwt-hs.key` (random HMAC secrets) if they do not exist yet.
+/// `out`, plus `signing.key`, `jwt-hs.key` and `admin-token` (random secrets) if they do not
+/// exist yet.
 pub fn write(out: &Path, domain: &str, tenants: &[String]) -> io::Result<DevCerts> {
     fs::create_dir_all(out)?;
     let ca_key = KeyPair::generate().map_err(rc)?;
@@ -76,8 +77,8 @@ pub fn write(out: &Path, domain: &str, tenants: &[String]) -> io::Result<DevCert
         out_tenants.push((t.clone(), c, k));
     }
     // Random secrets, kept when they exist: the signing key the demo's upstreams verify with,
-    // and the HMAC key of `config/gateway.yaml`'s dev token key (`dev-hs`).
-    for name in ["signing.key", "jwt-hs.key"] {
+    // the HMAC key of `config/gateway.yaml`'s dev token key (`dev-hs`), an admin token.
+    for name in ["signing.key", "jwt-hs.key", "admin-token"] {
         let path = out.join(name);
         if !path.exists() {
             let mut secret = [0u8; 32];
