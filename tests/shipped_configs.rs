@@ -145,6 +145,21 @@ fn errors_in_independent_places_are_reported_together() {
     ] {
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");
     }
+    // A typo does not hide the compile errors of the rest of the file.
+    let broken = yaml
+        .replacen("max_connections: 20000", "max_conections: 20000", 1)
+        .replacen("plan: free", "plan: gold", 1)
+        .replacen("version: 1", "version: 1\nversion: 1", 1);
+    std::fs::write(&path, broken).expect("write");
+    let stdout = String::from_utf8_lossy(&check(dir.path(), &path).stdout).into_owned();
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    for want in [
+        "limits.max_conections: unknown field",
+        "tenants.globex.plan: unknown plan \"gold\"",
+        "version: duplicate key",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
     // Compile errors (after a clean parse) are all listed too.
     let broken = yaml
         .replacen("plan: free", "plan: gold", 1)

@@ -47,7 +47,18 @@ pub fn load_bytes_with(
 ) -> Result<Snapshot, ConfigErrors> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ConfigErrors::single("", "config file is not UTF-8"))?;
-    let raw = parse(text)?;
+    let raw = match parse::parse_salvaging(text) {
+        Ok(raw) => raw,
+        // Unknown or duplicated keys only: the rest of the file is still compiled, so its
+        // errors are reported in the same run.
+        Err((mut errors, Some(raw))) => {
+            if let Err(more) = compile::compile_with(&raw, &content_hash(bytes), rt) {
+                errors.0.extend(more.0);
+            }
+            return Err(errors);
+        }
+        Err((errors, None)) => return Err(errors),
+    };
     let mut snapshot = compile::compile_with(&raw, &content_hash(bytes), rt)?;
     snapshot.config_hash = std::mem::take(&mut snapshot.content_hash);
     snapshot.content_hash = files_hash(bytes, &snapshot.files);

@@ -19,14 +19,24 @@ use crate::config::raw;
 
 /// Parses YAML text into the raw config, or every error found (YAML path, message, line).
 pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
+    parse_salvaging(text).map_err(|(errors, _)| errors)
+}
+
+/// Like [`parse`], but when the only problems are unknown keys (typos) and duplicated keys, also
+/// returns the config read without the unknown keys (and with the first of each duplicate), so
+/// that its compile errors can be reported in the same run: a typo in `limits` does not hide an
+/// unknown plan. Nothing is salvaged from any other kind of error.
+pub fn parse_salvaging(
+    text: &str,
+) -> Result<raw::RawConfig, (ConfigErrors, Option<Box<raw::RawConfig>>)> {
     let lines = RefCell::new(Lines::default());
     let de = serde_yaml::Deserializer::from_str(text);
-    let value = NodeSeed {
+    let mut value = NodeSeed {
         path: String::new(),
         lines: &lines,
     }
     .deserialize(de)
-    .map_err(|e| ConfigErrors::single("", yaml_error(&e)))?;
+    .map_err(|e| (ConfigErrors::single("", yaml_error(&e)), None))?;
     let lines = lines.into_inner();
     let mut errors = ConfigErrors::default();
     for d in &lines.duplicates {
@@ -43,17 +53,75 @@ pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
             "",
             "the config must be a YAML mapping (version: 1, listeners: ...)",
         );
-        return Err(errors);
+        return Err((errors, None));
     };
-    check_parts(&mut errors, top, &lines);
+    let salvage = check_parts(&mut errors, top, &lines);
     if !errors.is_empty() {
-        return Err(errors);
+        let mut raw = None;
+        if !salvage.other && salvage.unknown.iter().all(|p| remove_path(&mut value, p)) {
+            raw = serde_yaml::from_value(value).ok().map(Box::new);
+        }
+        return Err((errors, raw));
     }
     serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = clean_path(&e.path().to_string());
         let message = located(&lines, &path, e.into_inner().to_string());
-        ConfigErrors::single(path, message)
+        (ConfigErrors::single(path, message), None)
     })
+}
+
+/// Removes the key at `path` (`tenants.acme.hsts`, `listeners[0].nme`) from `v`; false when the
+/// path does not lead to a key of a mapping (names with dots in them, for instance).
+fn remove_path(v: &mut Value, path: &str) -> bool {
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        segments.push(Segment::Key(name));
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some(end) = inner.find(']') else {
+                return false;
+            };
+            let Ok(i) = inner[..end].parse::<usize>() else {
+                return false;
+            };
+            segments.push(Segment::Index(i));
+            rest = &inner[end + 1..];
+        }
+    }
+    let Some((Segment::Key(last), parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = v;
+    for s in parents {
+        let next = match (s, at) {
+            (Segment::Key(k), Value::Mapping(m)) => m.get_mut(*k),
+            (Segment::Index(i), Value::Sequence(items)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return false,
+        }
+    }
+    match at {
+        Value::Mapping(m) => m.remove(*last).is_some(),
+        _ => false,
+    }
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// What `check_parts` found: the paths of unknown keys, and whether anything else was wrong.
+#[derive(Default)]
+struct Salvage {
+    unknown: Vec<String>,
+    other: bool,
 }
 
 /// A YAML syntax error, with its line and column (`did not find expected key at line 4 column 3`).
@@ -91,7 +159,8 @@ fn located(lines: &Lines, path: &str, message: String) -> String {
 }
 
 /// Deserializes each independent part of the file on its own and pushes its first error.
-fn check_parts(errors: &mut ConfigErrors, top: &Mapping, lines: &Lines) {
+fn check_parts(errors: &mut ConfigErrors, top: &Mapping, lines: &Lines) -> Salvage {
+    let mut salvage = Salvage::default();
     const FIELDS: &[&str] = &[
         "version",
         "listeners",
@@ -118,6 +187,11 @@ fn check_parts(errors: &mut ConfigErrors, top: &Mapping, lines: &Lines) {
                 (p, rest) if rest.starts_with('[') => format!("{p}{rest}"),
                 (p, rest) => format!("{p}.{rest}"),
             };
+            if e.message.starts_with("unknown field `") && !full.is_empty() {
+                salvage.unknown.push(full.clone());
+            } else {
+                salvage.other = true;
+            }
             let message = located(lines, &full, e.message);
             errors.push(full, message);
         }
@@ -155,6 +229,7 @@ fn check_parts(errors: &mut ConfigErrors, top: &Mapping, lines: &Lines) {
         .collect::<Vec<_>>()
         .join(", ");
     for other in unknown {
+        salvage.unknown.push(other.clone());
         let message = located(
             lines,
             &other,
@@ -165,8 +240,10 @@ fn check_parts(errors: &mut ConfigErrors, top: &Mapping, lines: &Lines) {
     for required in ["version", "signing"] {
         if !top.contains_key(required) {
             errors.push("", format!("missing field `{required}`"));
+            salvage.other = true;
         }
     }
+    salvage
 }
 
 fn each_element(
@@ -505,6 +582,25 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_salvaged_other_errors_are_not() {
+        let text = format!(
+            "{BASE}tenants:\n  acme: {{ plan: free, hsts: [] }}\nlimits: {{ max_conection: 3 }}\n"
+        );
+        let Err((errors, Some(raw))) = parse_salvaging(&text) else {
+            panic!("expected errors and a salvaged config");
+        };
+        assert_eq!(errors.0.len(), 2);
+        assert_eq!(raw.tenants["acme"].plan, "free");
+        let text = format!("{BASE}tenants:\n  acme: {{ plan: [free], hsts: [] }}\n");
+        assert!(matches!(parse_salvaging(&text), Err((_, None))));
+        let text = "signing: { active_key: k1, keys: [] }\ncolour: blue\n";
+        assert!(
+            matches!(parse_salvaging(text), Err((_, None))),
+            "version is missing"
+        );
     }
 
     #[test]
