@@ -278,9 +278,15 @@ async fn the_effective_config_holds_no_secret() {
         .replace(
             "signing:\n",
             &format!(
-                "token:\n  algorithms: [RS256]\n  jwks_url: \"{dead}/jwks.json\"\n  allow_insecure_jwks_url: true\n  jwks_startup_wait_ms: 0\ncluster:\n  rate_limit_store: {{ redis: {{ url: \"redis://:hunter2-redis-password@127.0.0.1:1\" }} }}\nsigning:\n"
+                "apikey: {{ header: x-api-key }}\ntoken:\n  algorithms: [RS256]\n  jwks_url: \"{dead}/jwks.json\"\n  allow_insecure_jwks_url: true\n  jwks_startup_wait_ms: 0\ncluster:\n  rate_limit_store: {{ redis: {{ url: \"redis://:hunter2-redis-password@127.0.0.1:1\" }} }}\nsigning:\n"
             ),
         );
+    let api_key_hash = sha256_hex(b"globex-api-key-0123456789");
+    let yaml = with_tenant_lines(
+        &yaml,
+        "globex",
+        &format!("    api_keys_sha256: [\"{api_key_hash}\"]\n"),
+    );
     let (_gw, running) = env.start(&yaml).await;
     let admin = running.addr("admin").expect("admin");
     let authorized = |path: &str| {
@@ -313,6 +319,7 @@ async fn the_effective_config_holds_no_secret() {
         SIGNING_SECRET.to_owned(),
         "admin-token-0123456789abcdef".to_owned(),
         "hunter2-redis-password".to_owned(),
+        api_key_hash.clone(),
     ];
     for key in ["ca.key", "default.key", "acme.key", "globex.key"] {
         let pem = std::fs::read_to_string(env.path(key)).expect("key");

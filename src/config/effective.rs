@@ -1,7 +1,8 @@
 //! `GET /config/effective`: the config as the gateway runs it, as JSON. Every key with its
 //! default filled in, and per tenant the limits it ends up with (plan, then overrides, then
 //! defaults). Secrets never appear: the file names them only by `secret_env` / `secret_file`,
-//! and credentials written into URLs (`redis://:password@host`) are replaced by `<redacted>`.
+//! credentials written into URLs (`redis://:password@host`) are replaced by `<redacted>`, and
+//! API key hashes are shown as a count.
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,15 @@ use crate::snapshot::Tenant;
 pub fn effective(raw: &RawConfig, tenants: &[Tenant]) -> Value {
     let mut v = serde_json::to_value(raw).unwrap_or(Value::Null);
     redact_urls(&mut v);
+    // API key hashes identify keys that may be guessable: shown as a count only.
+    if let Some(tenants) = v.get_mut("tenants").and_then(Value::as_object_mut) {
+        for t in tenants.values_mut() {
+            if let Some(keys) = t.get_mut("api_keys_sha256") {
+                let n = keys.as_array().map_or(0, Vec::len);
+                *keys = json!(format!("<{n} redacted>"));
+            }
+        }
+    }
     let resolved: serde_json::Map<String, Value> = tenants
         .iter()
         .map(|t| {
