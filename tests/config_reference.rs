@@ -68,3 +68,47 @@ fn the_doc_parser_reads_names_and_lists() {
         ]
     );
 }
+
+/// The default column of `key`'s row: its first code span (`5000`, `reject`, `true`).
+fn documented_default(doc: &str, key: &str) -> Option<String> {
+    let row = doc
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{key}` |")))?;
+    let cell = row.split(" | ").nth(3)?;
+    let start = cell.find('`')? + 1;
+    let end = start + cell[start..].find('`')?;
+    Some(cell[start..end].to_owned())
+}
+
+/// The defaults the reference shows for `limits` and `upstreams.<pool>.health` are the ones the
+/// code fills in.
+#[test]
+fn documented_defaults_of_limits_and_health_match_the_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/configuration.md");
+    let raw = tenant_gateway::config::parse(
+        "version: 1\nsigning: { active_key: k, keys: [] }\nupstreams: { p: { endpoints: [] } }\n",
+    )
+    .expect("minimal config");
+    let limits = serde_json::to_value(&raw.limits).expect("limits");
+    let health = serde_json::to_value(&raw.upstreams["p"].health).expect("health");
+    let mut wrong = Vec::new();
+    for (prefix, values) in [("limits", &limits), ("upstreams.<pool>.health", &health)] {
+        let map = values.as_object().expect("object");
+        assert!(map.len() > 3, "{values}");
+        for (k, v) in map {
+            let key = format!("{prefix}.{k}");
+            let code = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            match documented_default(&doc, &key) {
+                Some(d) if d == code => {}
+                other => wrong.push(format!(
+                    "{key}: the code's default is {code}, the doc says {other:?}"
+                )),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
