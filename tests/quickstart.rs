@@ -47,7 +47,8 @@ fn cargo_run_args(line: &str) -> Vec<String> {
 fn curl_examples(readme: &str) -> Vec<(u16, String)> {
     let mut out = Vec::new();
     let mut expect = None;
-    for l in readme.lines().map(str::trim) {
+    // Indented code blocks only: prose may mention curl too.
+    for l in readme.lines().filter_map(|l| l.strip_prefix("    ")) {
         if let Some(rest) = l.strip_prefix("# expect ") {
             expect = rest.split(':').next().and_then(|s| s.parse().ok());
         } else if l.starts_with("curl ") {
