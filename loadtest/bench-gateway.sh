@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The gateway as the shared harness's `custom` candidate (../shared/bench/bench.sh; see
-# ../shared/BENCH.md), with every tenant feature switched on: SNI certificate, tenant by
+# The gateway as the benchmark harness's `custom` candidate (BENCH_SH; the method is in
+# docs/performance.md), with every tenant feature switched on: SNI certificate, tenant by
 # SNI/Host, a JWT checked on every request that carries one, a rate limit (never hit), signing.
 #
 #   loadtest/bench-gateway.sh                   write the config, then exec the gateway on it

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bar charts from the shared harness's results.csv (written by ../shared/bench/bench.sh).
+"""Bar charts from the benchmark harness's results.csv (BENCH_SH; see docs/performance.md).
 
     python3 loadtest/chart.py RESULTS.csv OUT.png
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The gateway against nginx and HAProxy with the shared harness (../shared/bench/bench.sh, see
-# ../shared/BENCH.md), every tenant feature on (loadtest/bench-gateway.sh), a JWT on every request.
+# The gateway against nginx and HAProxy with the benchmark harness (BENCH_SH; the method is in
+# docs/performance.md), every tenant feature on (loadtest/bench-gateway.sh), a JWT on every request.
 #
 #   bash loadtest/compare.sh [RUNS=3] [CANDIDATES... (default: nginx1 haproxy1 custom)] [--publish]
 #   bash loadtest/compare.sh --table RESULTS.csv      the table again, from an earlier run
@@ -13,7 +13,7 @@
 # Env: TENANTS    filler tenants in the gateway's config (default 10; try 10000)
 #      TESTS      subset of the harness's tests (default: h1 h1tls h2tls h1rate h2rate hs hsfull)
 #      DUR        seconds per test (harness default 10); any other harness variable passes through
-#      BENCH_SH   the harness (default: <repo>/../shared/bench/bench.sh)
+#      BENCH_SH   the harness script (required; docs/performance.md describes what it does)
 #      GATEWAY_BIN  benchmark this binary instead of building target/release/tenant-gateway
 #      NO_BUILD=1 skip cargo build
 # Needs root (the harness uses a mount namespace), nginx wrk nghttp2-client haproxy
@@ -79,7 +79,7 @@ print("key/ngx1, key/hap1: req/s ratio to nginx1 / haproxy1 (higher is better), 
 print("req/s of hsfull is client-bound: read its cpu/10k (proxy CPU per 10k full handshakes).")
 
 if "custom" in cands and refs:
-    print("\nThe bar (../shared/BENCH.md), custom vs the same run:")
+    print("\nThe bar (docs/performance.md), custom vs the same run:")
     def bar(label, v, ok):
         if math.isnan(v): return   # test not in this run
         print(f"  {label:62} {f(v, '.2f'):>6}  {'-' if math.isnan(v) else ('PASS' if ok(v) else 'FAIL')}")
@@ -113,8 +113,8 @@ done
 RUNS=${args[0]:-3}
 cands=("${args[@]:1}")
 [ ${#cands[@]} -gt 0 ] || cands=(nginx1 haproxy1 custom)
-BENCH_SH=${BENCH_SH:-$repo/../shared/bench/bench.sh}
-[ -f "$BENCH_SH" ] || { echo "no harness at $BENCH_SH (set BENCH_SH)" >&2; exit 1; }
+BENCH_SH=${BENCH_SH:-}
+[ -f "$BENCH_SH" ] || { echo "set BENCH_SH to the benchmark harness script (docs/performance.md)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "the harness needs root (unshare -m)" >&2; exit 1; }
 for p in 18080 18443 19000; do
   if ss -Hltn "sport = :$p" | grep -q .; then

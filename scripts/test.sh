@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README, "Tests"): installs what the tests need where it is absent, then runs
+# The test command (README, "Two commands"; CONTRIBUTING.md): installs what the tests need where it is absent, then runs
 # every unit and integration test (the cluster tests start their own redis-server; the operator
 # tests open the dashboard in headless Chromium), then checks deploy/ (deploy/test.sh: promtool,
 # Kubernetes schemas). Works on a fresh Debian machine with only Rust installed.

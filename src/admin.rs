@@ -141,8 +141,11 @@ async fn route(
             serde_json::json!({"error": "not_found"}),
         );
     }
-    let protected =
-        req.method() == Method::POST || matches!(path, "/stats" | "/dashboard" | "/config");
+    let protected = req.method() == Method::POST
+        || matches!(
+            path,
+            "/stats" | "/dashboard" | "/config" | "/config/effective"
+        );
     if protected && !gw.snapshot().admin_access.authorized(req.headers()) {
         return unauthorized(path == "/dashboard");
     }
@@ -204,8 +207,24 @@ async fn route(
                     "upstreams": snap.upstreams.len(),
                     "certificates": snap.certs.len(),
                     "last_reload_error": gw.last_reload_error(),
+                    "config_hash": snap.config_hash,
+                    "gateway_version": env!("CARGO_PKG_VERSION"),
+                    "files": snap.files.iter().map(|f| f.display().to_string()).collect::<std::collections::BTreeSet<_>>(),
+                    "signing": {
+                        "active_kid": snap.signing.active.id(),
+                        "kids": snap.signing.keys.iter().map(|k| k.id()).collect::<Vec<_>>(),
+                        "version": match snap.signing.version {
+                            crate::signing::SigVersion::V1 => 1,
+                            crate::signing::SigVersion::V2 => 2,
+                        },
+                    },
+                    "token_key_sources": snap.token.as_ref().map(|t| t.key_sources()).unwrap_or_default(),
                 }),
             )
+        }
+        (&Method::GET, "/config/effective") => {
+            let snap = gw.snapshot();
+            json(StatusCode::OK, (*snap.effective).clone())
         }
         (&Method::GET, "/stats") => {
             let query = stats::Query::parse(req.uri().query());
@@ -271,7 +290,8 @@ async fn route(
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/stats" | "/dashboard",
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/config/effective" | "/reload"
+            | "/stats" | "/dashboard",
         ) => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method_not_allowed"}),

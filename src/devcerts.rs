@@ -26,7 +26,8 @@ fn rc(e: rcgen::Error) -> io::Error {
 }
 
 /// Writes `ca.crt`, `ca.key`, `default.crt`, `default.key` and `<tenant>.crt` / `.key` into
-/// `out`, plus `signing.key` (a random HMAC secret) if it does not exist yet.
+/// `out`, plus `signing.key`, `jwt-hs.key` and `admin-token` (random secrets) if they do not
+/// exist yet.
 pub fn write(out: &Path, domain: &str, tenants: &[String]) -> io::Result<DevCerts> {
     fs::create_dir_all(out)?;
     let ca_key = KeyPair::generate().map_err(rc)?;
@@ -75,12 +76,16 @@ pub fn write(out: &Path, domain: &str, tenants: &[String]) -> io::Result<DevCert
         let (c, k) = leaf(vec![format!("{t}.{domain}")], t)?;
         out_tenants.push((t.clone(), c, k));
     }
-    let signing = out.join("signing.key");
-    if !signing.exists() {
-        let mut secret = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut secret).map_err(|_| io::Error::other("no system RNG"))?;
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        write_secret(&signing, hex.as_bytes())?;
+    // Random secrets, kept when they exist: the signing key the demo's upstreams verify with,
+    // the HMAC key of `config/gateway.yaml`'s dev token key (`dev-hs`), an admin token.
+    for name in ["signing.key", "jwt-hs.key", "admin-token"] {
+        let path = out.join(name);
+        if !path.exists() {
+            let mut secret = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret).map_err(|_| io::Error::other("no system RNG"))?;
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            write_secret(&path, hex.as_bytes())?;
+        }
     }
     Ok(DevCerts {
         ca_cert: out.join("ca.crt"),

@@ -26,6 +26,9 @@ use crate::server;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
+/// How often [`Gateway::reload_settling`] tries again while files settle.
+pub const SETTLE_POLL: Duration = Duration::from_millis(100);
+
 pub struct Gateway {
     /// What the listeners, the request path and the admin API share (snapshot, metrics, store,
     /// meter, reload notifications, connection counters).
@@ -173,6 +176,28 @@ impl Gateway {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = config::load_with(path, &self.runtime);
         self.install(result)
+    }
+
+    /// A reload started by a file change. Files are often replaced one at a time (a
+    /// certificate, then its key a moment later), so a config that does not compile is tried
+    /// again every [`SETTLE_POLL`] until `settle` has passed; only then is the error installed
+    /// (logged, counted, shown on `/config`). A good compile is installed at once.
+    pub fn reload_settling(&self, settle: Duration) -> Result<u64, ConfigErrors> {
+        let path = self
+            .config_path
+            .as_deref()
+            .ok_or_else(|| ConfigErrors::single("", "no config file to reload from"))?;
+        let deadline = std::time::Instant::now() + settle;
+        loop {
+            let one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let result = config::load_with(path, &self.runtime);
+            if result.is_ok() || std::time::Instant::now() >= deadline {
+                return self.install(result);
+            }
+            drop(one_at_a_time);
+            tracing::debug!("config does not compile yet; waiting for the files to settle");
+            std::thread::sleep(SETTLE_POLL);
+        }
     }
 
     /// Swaps in a compiled snapshot (or records why there is none).

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Imports run one way, top to bottom (no cycle; README "Module graph" has the table):
+//! Imports run one way, top to bottom (no cycle; CONTRIBUTING.md "Module graph" has the table):
 //!
 //! - entry points: [`gateway`] (owns the snapshot cell, the runtime state and the reload path;
 //!   binds and starts the listeners), [`watch`] (reload on file change), [`demo`].

@@ -24,8 +24,14 @@ pub type TenantId = u32;
 
 #[derive(Debug)]
 pub struct Snapshot {
-    /// First 16 hex digits of the SHA-256 of the config file.
+    /// First 16 hex digits of a SHA-256 over the config file and every file it names
+    /// (`config::files_hash`); over the YAML alone when compiled from bytes without files.
     pub content_hash: String,
+    /// First 16 hex digits of the SHA-256 of the config file alone.
+    pub config_hash: String,
+    /// `GET /config/effective`: every key with its default, per-tenant resolved limits, no
+    /// secret (`config::effective`).
+    pub effective: Arc<serde_json::Value>,
     pub loaded_at: SystemTime,
     pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,

@@ -275,7 +275,7 @@ fn upstreams_json(snap: &Snapshot) -> Value {
     )
 }
 
-/// Builds the `/stats` document (schema in the README, "Dashboard and /stats").
+/// Builds the `/stats` document (schema in docs/operations.md, "Dashboard and /stats").
 pub fn collect(gw: &Shared, sampler: &Sampler, query: &Query) -> Value {
     let snap = gw.snapshot();
     let now = Instant::now();

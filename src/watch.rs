@@ -1,7 +1,9 @@
 //! Reload on file change. Watches the *directories* of the config file and of every file it
 //! names (certificates, keys, JWKS), because editors and Kubernetes ConfigMaps replace files by
 //! rename or symlink swap, which a watch on the file itself misses. Events are debounced; a
-//! reload runs only when the contents of the watched files actually changed.
+//! reload runs only when the contents of the watched files actually changed, and a change that
+//! does not compile yet (a certificate copied before its key) is retried for [`SETTLE`] before
+//! it counts as a failed reload.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,10 @@ use crate::gateway::Gateway;
 
 /// Quiet time after the last event before the files are looked at.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How long a change may take to become consistent (a certificate copied before its key) before
+/// a config that does not compile counts as a failed reload.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Stops watching when dropped.
 pub struct WatchHandle(tokio::task::JoinHandle<()>);
@@ -92,7 +98,7 @@ pub fn spawn(gw: Arc<Gateway>) -> notify::Result<WatchHandle> {
             last = fp;
             tracing::info!("watched files changed; reloading");
             let g = gw.clone();
-            let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+            let _ = tokio::task::spawn_blocking(move || g.reload_settling(SETTLE)).await;
             // A reload may name files in new directories.
             for f in watched_files(&gw).iter().chain(&files) {
                 let d = dir_of(f);

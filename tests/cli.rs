@@ -85,7 +85,7 @@ fn check_lists_every_error_with_its_yaml_path() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stdout.contains("tenants.acme: unknown field `colour`"),
+        stdout.contains("tenants.acme.colour: unknown field `colour`"),
         "{stdout}"
     );
     let out = Command::new(bin())
@@ -274,4 +274,33 @@ fn demo_runs_and_its_curl_lines_succeed() {
     }
     assert!(checked >= 5, "{printed}");
     drop(child);
+}
+
+/// `--log-format pretty` into a pipe (a file, a collector): plain text, no ANSI colour codes.
+#[test]
+fn pretty_logs_into_a_pipe_have_no_colour_codes() {
+    let env = Env::new();
+    let path = env.write_config(&env.config("http://127.0.0.1:9", "http://127.0.0.1:9"));
+    let mut child = Command::new(bin())
+        .args(["--log-format", "pretty", "run", "--config"])
+        .arg(&path)
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let _child = Proc(child);
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.contains("listening") && Instant::now() < deadline {
+        if stderr.read_line(&mut log).expect("read") == 0 {
+            break;
+        }
+    }
+    assert!(log.contains("listening"), "{log}");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape in piped logs: {log:?}"
+    );
 }

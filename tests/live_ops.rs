@@ -78,7 +78,7 @@ async fn a_config_replaced_by_rename_is_picked_up_and_a_broken_one_is_refused() 
     // A broken file: the old config keeps serving and /config shows the error.
     replace_by_rename(&path, &format!("{yaml}  hooli:\n    plan: platinum\n"));
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(Duration::from_secs(6), || async {
             !admin_get(admin, "/config").await.json()["last_reload_error"].is_null()
         })
         .await
@@ -180,7 +180,7 @@ async fn a_certificate_renewed_on_disk_is_served_and_a_mismatched_pair_is_refuse
     // A certificate whose key does not match is refused; the served one stays.
     std::fs::copy(env.path("globex.key"), env.path("acme.key")).expect("copy");
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        eventually(Duration::from_secs(6), || async {
             admin_get(admin, "/config").await.json()["last_reload_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("do not match"))

@@ -414,7 +414,7 @@ async fn stats_with_10000_tenants_lists_the_busiest_50_quickly() {
         s = got.json();
     }
     // Speed is measured, not asserted (a loaded CI machine is no stopwatch): the figure for the
-    // README comes from `cargo test --release --test operator stats_with_10000 -- --nocapture`.
+    // docs/operations.md comes from `cargo test --release --test operator stats_with_10000 -- --nocapture`.
     eprintln!("/stats with 10,003 tenants: best of 5 {best:?}");
     assert_eq!(s["tenants_total"], 10_003);
     assert_eq!(s["tenants"].as_array().expect("tenants").len(), 50);

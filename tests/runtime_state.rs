@@ -299,7 +299,7 @@ async fn racing_reloads_install_the_file_written_last() {
         let on_disk = std::fs::read(&path).expect("read");
         let config = h1(admin, get("localhost", "/config")).await.json();
         assert_eq!(
-            config["hash"],
+            config["config_hash"],
             tenant_gateway::config::content_hash(&on_disk),
             "round {round}: the served config is the file on disk"
         );

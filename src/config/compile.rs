@@ -228,7 +228,14 @@ pub fn compile_with(
         });
     }
 
-    if listeners.iter().any(|l| l.tls) && certs.is_empty() {
+    // A configured certificate that failed to load has its own error ("cannot read certificate
+    // ..."); this one is only for a config that names none.
+    let certs_configured = raw
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.default_certificate.is_some())
+        || raw.tenants.values().any(|t| t.tls.is_some());
+    if listeners.iter().any(|l| l.tls) && certs.is_empty() && !certs_configured {
         c.err(
             "tls",
             "a TLS listener needs certificates: set tls.default_certificate or a tenant's tls",
@@ -278,6 +285,8 @@ pub fn compile_with(
     match (c.errors.is_empty(), signing) {
         (true, Some(signing)) => Ok(Snapshot {
             content_hash: content_hash.to_owned(),
+            config_hash: content_hash.to_owned(),
+            effective: std::sync::Arc::new(super::effective::effective(raw, &tenants)),
             loaded_at: SystemTime::now(),
             listeners,
             admin,
@@ -506,6 +515,13 @@ impl Compiler<'_> {
         out
     }
 
+    /// Reads a file the config names and remembers it: it is watched (a rewritten secret file
+    /// reloads) and part of the `/config` hash.
+    fn read_named(&mut self, file: &Path) -> std::io::Result<Vec<u8>> {
+        self.files.push(file.to_path_buf());
+        crate::files::read_file(file)
+    }
+
     fn secret(&mut self, path: &str, env: Option<&str>, file: Option<&Path>) -> Option<Vec<u8>> {
         match (env, file) {
             (Some(var), None) => match std::env::var(var) {
@@ -513,12 +529,16 @@ impl Compiler<'_> {
                 _ => {
                     self.err(
                         path,
-                        format!("environment variable {var} is not set or empty"),
+                        format!(
+                            "environment variable {var} is not set or empty (the environment \
+                             is read once, at start: a key added or rotated without a restart \
+                             must use secret_file)"
+                        ),
                     );
                     None
                 }
             },
-            (None, Some(file)) => match crate::files::read_file(file) {
+            (None, Some(file)) => match self.read_named(file) {
                 Ok(v) => {
                     let trimmed = v.trim_ascii();
                     if trimmed.is_empty() {
@@ -1308,7 +1328,7 @@ impl Compiler<'_> {
                 self.err(format!("{path}.kid"), format!("duplicate kid {:?}", k.kid));
             }
             let key = match (&k.public_key_file, &k.secret_env, &k.secret_file) {
-                (Some(file), None, None) => match crate::files::read_file(file) {
+                (Some(file), None, None) => match self.read_named(file) {
                     Ok(pem) => {
                         identity.update(&pem);
                         DecodingKey::from_rsa_pem(&pem)

@@ -5,7 +5,10 @@
 
 pub mod compile;
 pub mod edge;
+pub mod effective;
 pub mod errors;
+pub mod keys;
+pub mod parse;
 pub mod raw;
 
 use std::path::Path;
@@ -15,14 +18,9 @@ pub use errors::{ConfigError, ConfigErrors};
 
 use crate::snapshot::Snapshot;
 
-/// Parses YAML text into the raw config, reporting the path of the first shape error.
+/// Parses YAML text into the raw config, reporting every shape error with its path and line.
 pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigErrors::single(path, e.into_inner().to_string())
-    })
+    parse::parse(text)
 }
 
 /// Reads, parses and compiles a config file (with fresh runtime state).
@@ -49,8 +47,44 @@ pub fn load_bytes_with(
 ) -> Result<Snapshot, ConfigErrors> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ConfigErrors::single("", "config file is not UTF-8"))?;
-    let raw = parse(text)?;
-    compile::compile_with(&raw, &content_hash(bytes), rt)
+    let raw = match parse::parse_salvaging(text) {
+        Ok(raw) => raw,
+        // Unknown or duplicated keys only: the rest of the file is still compiled, so its
+        // errors are reported in the same run.
+        Err((mut errors, Some(raw))) => {
+            if let Err(more) = compile::compile_with(&raw, &content_hash(bytes), rt) {
+                errors.0.extend(more.0);
+            }
+            return Err(errors);
+        }
+        Err((errors, None)) => return Err(errors),
+    };
+    let mut snapshot = compile::compile_with(&raw, &content_hash(bytes), rt)?;
+    snapshot.config_hash = std::mem::take(&mut snapshot.content_hash);
+    snapshot.content_hash = files_hash(bytes, &snapshot.files);
+    Ok(snapshot)
+}
+
+/// First 16 hex digits of a SHA-256 over the config file and every file it names (certificates,
+/// keys, secret files, JWKS files), in a fixed order: a certificate rotation changes it.
+pub fn files_hash(config: &[u8], files: &[std::path::PathBuf]) -> String {
+    let mut files: Vec<&std::path::PathBuf> = files.iter().collect();
+    files.sort();
+    files.dedup();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut part = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(bytes);
+    };
+    part(config);
+    for f in files {
+        part(f.as_os_str().as_encoded_bytes());
+        part(&crate::files::read_file(f).unwrap_or_default());
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// First 16 hex digits of the SHA-256 of the file.

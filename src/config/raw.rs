@@ -1,4 +1,4 @@
-//! The YAML file as written by the operator (`version: 1`, see SPEC.md).
+//! The YAML file as written by the operator (`version: 1`; every key: docs/configuration.md).
 //!
 //! These types only describe the shape of the file: every struct denies unknown fields, and
 //! nothing here is validated beyond what serde checks. `compile` turns them into a `Snapshot`.
@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub version: u32,
@@ -52,7 +52,7 @@ pub struct RawConfig {
 }
 
 /// `dns:`: the resolver of upstream endpoints named by hostname.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDns {
     /// `ip:port` of the nameservers to ask; default: those of `/etc/resolv.conf`.
@@ -60,7 +60,7 @@ pub struct RawDns {
     pub nameservers: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUsage {
     /// Per-replica quota counts, kept across restarts.
@@ -73,7 +73,7 @@ pub struct RawUsage {
     pub export: Option<RawUsageExport>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUsageExport {
     pub path: PathBuf,
@@ -83,14 +83,14 @@ pub struct RawUsageExport {
 }
 
 /// `plans.<p>.quota`: requests per UTC calendar period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuota {
     pub requests: u64,
     pub period: crate::quota::Period,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -102,7 +102,7 @@ pub struct RawListener {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: String,
@@ -116,7 +116,7 @@ pub struct RawAdmin {
 }
 
 /// Connection-level defences; the defaults are SPEC's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     pub handshake_timeout_ms: u64,
@@ -151,7 +151,7 @@ pub struct RawLimits {
     pub h2_max_send_buffer_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawEscapedSlashes {
     #[default]
@@ -183,7 +183,7 @@ impl Default for RawLimits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     #[serde(default)]
@@ -193,7 +193,7 @@ pub struct RawTls {
     pub client_auth: Option<RawClientAuth>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClientAuth {
     pub ca_file: PathBuf,
@@ -202,7 +202,7 @@ pub struct RawClientAuth {
     pub mode: RawClientAuthMode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawClientAuthMode {
     #[default]
@@ -210,14 +210,14 @@ pub enum RawClientAuthMode {
     Required,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertRef {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawSource {
     Sni,
@@ -228,7 +228,7 @@ pub enum RawSource {
     ClientCert,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTenancy {
     pub base_domains: Vec<String>,
@@ -249,7 +249,7 @@ impl Default for RawTenancy {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawToken {
     #[serde(default = "default_tenant_claim")]
@@ -291,7 +291,7 @@ fn default_leeway() -> u64 {
     30
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwtKey {
     pub kid: String,
@@ -303,13 +303,13 @@ pub struct RawJwtKey {
     pub secret_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
     pub header: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSigning {
     #[serde(default = "default_header_prefix")]
@@ -327,7 +327,7 @@ fn one() -> u32 {
 
 /// A signing key: an HMAC secret (`secret_env` / `secret_file`) or an Ed25519 private key
 /// (`algorithm: ed25519`, `private_key_file`, PKCS#8 PEM).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSigningKey {
     pub id: String,
@@ -347,7 +347,7 @@ fn default_header_prefix() -> String {
 }
 
 /// A secret named by where it lives, never by its value.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecret {
     pub id: String,
@@ -357,14 +357,14 @@ pub struct RawSecret {
     pub secret_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRate {
     pub per_second: u32,
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     #[serde(default)]
@@ -374,7 +374,7 @@ pub struct RawTimeouts {
 }
 
 /// A plan; every field may also be set on a tenant to override it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlan {
     #[serde(default)]
@@ -395,7 +395,7 @@ pub struct RawPlan {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RawBalance {
     #[default]
@@ -403,7 +403,7 @@ pub enum RawBalance {
     LeastRequests,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub endpoints: Vec<String>,
@@ -431,7 +431,7 @@ pub struct RawUpstream {
 }
 
 /// `capacity: { max_in_flight: 64, queue_ms: 1000 }` (or `max_in_flight: { adaptive: { min, max } }`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCapacity {
     pub max_in_flight: RawMaxInFlight,
@@ -457,14 +457,14 @@ fn default_max_queued() -> u32 {
     16_384
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RawMaxInFlight {
     Fixed(u32),
     Adaptive { adaptive: RawAdaptive },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdaptive {
     pub min: u32,
@@ -477,7 +477,7 @@ fn yes() -> bool {
 
 /// An endpoint that fails `consecutive_failures` times in a row (connect errors, resets,
 /// timeouts, 5xx answers) is skipped for `ejection_ms`. `consecutive_failures: 0` turns it off.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealth {
     pub consecutive_failures: u32,
@@ -500,7 +500,7 @@ impl Default for RawHealth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     /// PEM CA bundle to verify the upstream with; default: the system roots.
@@ -514,7 +514,7 @@ pub struct RawUpstreamTls {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub path_prefix: String,
@@ -523,7 +523,7 @@ pub struct RawRoute {
     pub require: Vec<RawSource>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawTenantStatus {
     #[default]
@@ -531,7 +531,7 @@ pub enum RawTenantStatus {
     Suspended,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     pub plan: String,
@@ -564,20 +564,20 @@ pub struct RawTenant {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     #[serde(default)]
     pub rate_limit_store: Option<RawRateLimitStore>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimitStore {
     pub redis: RawRedis,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,

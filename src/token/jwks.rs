@@ -42,6 +42,8 @@ pub struct RemoteJwks {
     created: Instant,
     startup_wait: Duration,
     grace_logged: std::sync::atomic::AtomicBool,
+    /// Last good fetch and last error, for the admin `/config`.
+    pub status: super::SourceStatus,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -75,6 +77,7 @@ impl RemoteJwks {
             created: Instant::now(),
             startup_wait,
             grace_logged: std::sync::atomic::AtomicBool::new(false),
+            status: super::SourceStatus::default(),
         }
     }
 
@@ -158,11 +161,13 @@ async fn fetch_loop(jwks: Arc<RemoteJwks>) {
     loop {
         let wait = match jwks.fetch_once().await {
             Ok(n) => {
+                jwks.status.succeeded();
                 tracing::info!(url = %jwks.url, keys = n, "JWKS fetched");
                 failures = 0;
                 REFRESH_EVERY
             }
             Err(e) => {
+                jwks.status.failed(&e);
                 tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the last good set");
                 // Retry soon (1, 2, 4 … 30 s): a gateway waiting for its first set is not ready.
                 failures = failures.saturating_add(1);

@@ -146,6 +146,53 @@ struct JwksFile {
     keys: ArcSwap<HashMap<String, VerifyKey>>,
     last_read: Mutex<Instant>,
     generation: AtomicU64,
+    status: SourceStatus,
+}
+
+/// When a key source (JWKS file or URL) was last read successfully and why the last attempt
+/// failed, for the admin `/config`.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    last_ok: Mutex<Option<std::time::SystemTime>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SourceStatus {
+    /// A source read successfully now.
+    pub fn ok_now() -> Self {
+        let s = Self::default();
+        s.succeeded();
+        s
+    }
+
+    pub fn succeeded(&self) {
+        if let Ok(mut t) = self.last_ok.lock() {
+            *t = Some(std::time::SystemTime::now());
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    pub fn failed(&self, error: &str) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error.to_owned());
+        }
+    }
+
+    /// `{last_ok, last_error}`: Unix seconds of the last good read (null if none), the error of
+    /// the last attempt when it failed.
+    pub fn json(&self) -> serde_json::Value {
+        let last_ok = self
+            .last_ok
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
+        serde_json::json!({ "last_ok": last_ok, "last_error": last_error })
+    }
 }
 
 /// Loads the verification keys of a JWKS document (keys without `kid` or of a disallowed
@@ -204,12 +251,45 @@ impl TokenAuth {
                             .unwrap_or_else(Instant::now),
                     ),
                     generation: AtomicU64::new(0),
+                    status: SourceStatus::ok_now(),
                 })
             }),
             remote: None,
             forward_claims,
             cache: Arc::new(TokenCache::new(CACHE_CAPACITY)),
         })
+    }
+
+    /// Each source of verification keys with its key count and, for JWKS files and URLs, the
+    /// last good read and the last error (admin `/config`).
+    pub fn key_sources(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        if !self.keys.is_empty() {
+            out.push(serde_json::json!({
+                "source": "keys",
+                "kids": self.keys.keys().collect::<std::collections::BTreeSet<_>>(),
+                "keys": self.keys.len(),
+            }));
+        }
+        if let Some(f) = &self.jwks {
+            let mut v = serde_json::json!({
+                "source": "jwks_file",
+                "path": f.path.display().to_string(),
+                "keys": f.keys.load().len(),
+            });
+            merge(&mut v, f.status.json());
+            out.push(v);
+        }
+        if let Some(r) = &self.remote {
+            let mut v = serde_json::json!({
+                "source": "jwks_url",
+                "url": r.url.to_string(),
+                "keys": r.keys.load().len(),
+            });
+            merge(&mut v, r.status.json());
+            out.push(v);
+        }
+        out
     }
 
     /// The bearer token of a request, if any. `Err` for an oversized or non-ASCII header.
@@ -375,6 +455,12 @@ impl TokenAuth {
 
 /// Reads the JWKS file again; on success installs the new set and forgets the tokens verified
 /// with keys that are gone. A file that fails to read or parse keeps the last good set.
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
 fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: &[Algorithm]) {
     match crate::files::read_text(&jwks.path)
         .map_err(|e| e.to_string())
@@ -384,8 +470,10 @@ fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: 
             tracing::info!(path = %jwks.path.display(), keys = keys.len(), "JWKS re-read");
             install_keys(&jwks.keys, keys, cache);
             jwks.generation.fetch_add(1, Ordering::Relaxed);
+            jwks.status.succeeded();
         }
         Err(e) => {
+            jwks.status.failed(&e);
             tracing::warn!(path = %jwks.path.display(), error = %e, "JWKS re-read failed; keeping the last good set");
         }
     }

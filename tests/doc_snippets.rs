@@ -1,4 +1,4 @@
-//! The README's Python and Node verification snippets, run against headers that a real gateway
+//! The Python and Node verification snippets of docs/security.md, run against headers that a real gateway
 //! sent to a real upstream. Each must accept the request as received and reject it with a
 //! changed path, a changed tenant or a stale timestamp.
 
@@ -10,11 +10,12 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn snippet(marker: &str) -> String {
-    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
-    let at = readme
+    let doc =
+        std::fs::read_to_string(workspace().join("docs/security.md")).expect("docs/security.md");
+    let at = doc
         .find(&format!("<!-- snippet: {marker} -->"))
-        .unwrap_or_else(|| panic!("README has no {marker} snippet"));
-    let rest = &readme[at..];
+        .unwrap_or_else(|| panic!("docs/security.md has no {marker} snippet"));
+    let rest = &doc[at..];
     let start = rest.find("```").expect("code fence");
     let body = &rest[start..];
     let body = &body[body.find('\n').expect("fence line") + 1..];
