@@ -291,6 +291,7 @@ impl Gateway {
                     shared: self.shared.clone(),
                     connections: connections.clone(),
                     proxy_protocol: spec.proxy_protocol,
+                    builders: Default::default(),
                 },
                 shutdown_rx.clone(),
             ));

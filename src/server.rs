@@ -36,6 +36,34 @@ pub struct ListenerCtx {
     pub connections: Arc<Semaphore>,
     /// `listeners[].proxy_protocol`: a PROXY header from a trusted peer comes first.
     pub proxy_protocol: bool,
+    /// The HTTP builder for the current connection limits, shared by this listener's
+    /// connections (rebuilt when a reload changes the limits it is made from).
+    pub builders: std::sync::Mutex<Option<(BuilderKey, Arc<auto::Builder<TokioExecutor>>)>>,
+}
+
+/// The connection limits an HTTP builder is made from.
+type BuilderKey = (std::time::Duration, usize, usize, u32, usize, usize);
+
+impl ListenerCtx {
+    fn builder(&self, limits: &ConnLimits) -> Arc<auto::Builder<TokioExecutor>> {
+        let key = (
+            limits.header_timeout,
+            limits.max_header_bytes,
+            limits.max_headers,
+            limits.h2_max_concurrent_streams,
+            limits.h2_max_pending_reset_streams,
+            limits.h2_max_send_buffer,
+        );
+        let mut cached = self.builders.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((k, b)) if *k == key => b.clone(),
+            _ => {
+                let b = Arc::new(builder(limits));
+                *cached = Some((key, b.clone()));
+                b
+            }
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` turns true, then drains within `limits.shutdown_grace_ms`.
@@ -81,11 +109,9 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         let ctx = ctx.clone();
         // A span per connection (debug level: free unless asked for with RUST_LOG).
         let span = tracing::debug_span!("conn", listener = %ctx.name, %remote);
+        // Boxed: the task's own cell stays a few hundred bytes, whatever the connection's state.
         tokio::spawn(
-            async move {
-                serve_connection(ctx, stream, remote, permit, watcher).await;
-            }
-            .instrument(span),
+            Box::pin(serve_connection(ctx, stream, remote, permit, watcher)).instrument(span),
         );
     }
     drop(listener);
@@ -184,13 +210,37 @@ async fn idle(conn: &ConnInfo, limit: std::time::Duration) {
     }
 }
 
+/// A connection's serving loop, boxed (see [`serve`]).
+type Serving =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send + 'static>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One connection: the accept phase (PROXY header, caps, TLS handshake or first byte), then its
+/// serving loop. Each is boxed and only one lives at a time, so what a connection holds while it
+/// waits is the small serving loop, not the handshake's state.
 async fn serve_connection(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: watch::Receiver<()>,
+) {
+    let Some(serving) = Box::pin(accept(ctx, stream, remote, permit, watcher)).await else {
+        return;
+    };
+    if let Err(e) = serving.await {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// The accept phase of a connection; `None` when it ends there.
+async fn accept(
     ctx: Arc<ListenerCtx>,
     mut stream: TcpStream,
     remote: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
     watcher: watch::Receiver<()>,
-) {
+) -> Option<Serving> {
     let limits = ctx.shared.snapshot().limits;
     let metrics = ctx.shared.metrics();
     // PROXY protocol: the client is who the trusted balancer says (before the per-IP cap).
@@ -210,7 +260,7 @@ async fn serve_connection(
             Err(refused) => {
                 tracing::debug!(%remote, reason = refused.as_str(), "PROXY header refused; closing");
                 Metrics::count(&metrics.connections_closed, "reason", refused.as_str());
-                return;
+                return None;
             }
         }
     } else {
@@ -224,12 +274,13 @@ async fn serve_connection(
     ) else {
         tracing::debug!(%remote, "per-IP connection cap reached; closing");
         Metrics::count(&metrics.connections_closed, "reason", "per_ip_cap");
-        return;
+        return None;
     };
     let slot: Box<dyn std::any::Any + Send + Sync> = Box::new(slot);
-    let builder = builder(&limits);
+    let builder = ctx.builder(&limits);
+    let timeouts = (limits.idle_timeout, limits.header_timeout);
     let gw = ctx.shared.clone();
-    let served = match &ctx.tls {
+    match &ctx.tls {
         None => {
             // hyper's header timer starts with the first byte; a client that connects and
             // sends nothing is closed after the same deadline.
@@ -241,7 +292,7 @@ async fn serve_connection(
             ) {
                 tracing::debug!(%remote, "no request within the header timeout; closing");
                 Metrics::count(&metrics.connections_closed, "reason", "first_byte_timeout");
-                return;
+                return None;
             }
             // HTTP/2 with prior knowledge starts with its preface (`PRI * HTTP/2.0`); only
             // HTTP/1 connections park between requests.
@@ -251,7 +302,7 @@ async fn serve_connection(
                     .proxied_by(proxied_by)
                     .holding(slot),
             );
-            Box::pin(serve(builder, stream, conn, gw, watcher, &limits, h1)).await
+            Some(Box::pin(serve(builder, stream, conn, gw, watcher, timeouts, h1)))
         }
         Some(acceptor) => {
             let tls_stream = match Box::pin(tokio::time::timeout(
@@ -272,37 +323,34 @@ async fn serve_connection(
                         _ => "io",
                     };
                     Metrics::count(&metrics.tls_handshake_failures, "reason", reason);
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(%remote, "TLS handshake timed out");
                     Metrics::count(&metrics.tls_handshake_failures, "reason", "timeout");
-                    return;
+                    return None;
                 }
             };
-            let sni = tls_stream.get_ref().1.server_name();
-            let sans = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(crate::client_auth::cert_sans)
-                .unwrap_or_default();
-            let conn = Arc::new(
-                ConnInfo::new(remote, true, sni)
-                    .proxied_by(proxied_by)
-                    .with_client_sans(sans)
-                    .holding(slot),
-            );
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            if h2 {
-                conn.head_scan().disable();
-            }
-            Box::pin(serve(builder, tls_stream, conn, gw, watcher, &limits, !h2)).await
+                let sni = tls_stream.get_ref().1.server_name();
+                let sans = tls_stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(crate::client_auth::cert_sans)
+                    .unwrap_or_default();
+                let conn = Arc::new(
+                    ConnInfo::new(remote, true, sni)
+                        .proxied_by(proxied_by)
+                        .with_client_sans(sans)
+                        .holding(slot),
+                );
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                if h2 {
+                    conn.head_scan().disable();
+                }
+                Some(Box::pin(serve(builder, tls_stream, conn, gw, watcher, timeouts, !h2)))
         }
-    };
-    if let Err(e) = served {
-        tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
 }
 
@@ -368,21 +416,20 @@ impl Waiting for tokio_rustls::server::TlsStream<TcpStream> {
 /// (`h1`) parks between requests once idle for [`PARK_AFTER`] (see [`Lease`]) and is served by
 /// a fresh hyper connection when its next request arrives.
 async fn serve<S: Waiting>(
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     mut stream: S,
     conn: Arc<ConnInfo>,
     gw: Arc<Shared>,
     mut drain: watch::Receiver<()>,
-    limits: &ConnLimits,
+    (idle_limit, header_timeout): (std::time::Duration, std::time::Duration),
     h1: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let c = conn.clone();
     let g = gw.clone();
     let service = service_fn(move |req| proxy::handle(g.clone(), c.clone(), req));
     let home: Home<S> = Arc::default();
-    let idle_limit = limits.idle_timeout;
     // Waiting for the next request is bounded by the header timeout too, as hyper bounds it.
-    let parked_limit = limits.idle_timeout.min(limits.header_timeout);
+    let parked_limit = idle_limit.min(header_timeout);
     let closed_idle = |gw: &Shared, conn: &ConnInfo| {
         tracing::debug!(remote = %conn.remote, "idle connection closed");
         Metrics::count(&gw.metrics().connections_closed, "reason", "idle");
