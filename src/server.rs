@@ -302,7 +302,9 @@ async fn accept(
                     .proxied_by(proxied_by)
                     .holding(slot),
             );
-            Some(Box::pin(serve(builder, stream, conn, gw, watcher, timeouts, h1)))
+            Some(Box::pin(serve(
+                builder, stream, conn, gw, watcher, timeouts, h1,
+            )))
         }
         Some(acceptor) => {
             let tls_stream = match Box::pin(tokio::time::timeout(
@@ -331,25 +333,27 @@ async fn accept(
                     return None;
                 }
             };
-                let sni = tls_stream.get_ref().1.server_name();
-                let sans = tls_stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(crate::client_auth::cert_sans)
-                    .unwrap_or_default();
-                let conn = Arc::new(
-                    ConnInfo::new(remote, true, sni)
-                        .proxied_by(proxied_by)
-                        .with_client_sans(sans)
-                        .holding(slot),
-                );
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 {
-                    conn.head_scan().disable();
-                }
-                Some(Box::pin(serve(builder, tls_stream, conn, gw, watcher, timeouts, !h2)))
+            let sni = tls_stream.get_ref().1.server_name();
+            let sans = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(crate::client_auth::cert_sans)
+                .unwrap_or_default();
+            let conn = Arc::new(
+                ConnInfo::new(remote, true, sni)
+                    .proxied_by(proxied_by)
+                    .with_client_sans(sans)
+                    .holding(slot),
+            );
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
+                conn.head_scan().disable();
+            }
+            Some(Box::pin(serve(
+                builder, tls_stream, conn, gw, watcher, timeouts, !h2,
+            )))
         }
     }
 }
