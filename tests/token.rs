@@ -491,6 +491,53 @@ async fn routes_can_require_a_token_and_api_keys_are_a_source() {
     assert_eq!(got.json()["error"], "invalid_api_key");
 }
 
+/// `require: [apikey]` on a global route: enforced for the tenant on global routes (globex) and
+/// for the tenant with its own table (acme), under every spelling of the path, and only there.
+#[tokio::test]
+async fn a_route_that_requires_an_api_key_refuses_requests_without_one() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let yaml = token_config(&env, &keys, &up.url(), 5).replace(
+        "  - { path_prefix: /, upstream: shared }\n",
+        "  - { path_prefix: /, upstream: shared }\n  - { path_prefix: /billing/, upstream: shared, require: [apikey] }\n",
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let with_key = |host: &str, path: &str| {
+        let mut r = get(host, path);
+        r.headers_mut()
+            .insert("x-api-key", "globex-api-key-1".parse().expect("v"));
+        r
+    };
+
+    for host in ["globex.gw.test", "acme.gw.test"] {
+        for path in [
+            "/billing/invoices",
+            "/billing",
+            "//billing/invoices",
+            "/%62illing/invoices",
+            "/x/../billing/invoices",
+            "/billing;v=1/invoices",
+        ] {
+            let got = h1(http, get(host, path)).await;
+            assert_eq!(got.status, StatusCode::UNAUTHORIZED, "{host}{path}");
+            assert_eq!(got.json()["error"], "invalid_api_key", "{host}{path}");
+        }
+        // Outside the prefix nothing is required.
+        let got = h1(http, get(host, "/billingx")).await;
+        assert_eq!(got.status, StatusCode::OK, "{host}/billingx");
+    }
+    let before = up.requests().len();
+    let got = h1(http, with_key("globex.gw.test", "/billing/invoices")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        up.requests().len(),
+        before + 1,
+        "served once a key is given"
+    );
+}
+
 /// An identity provider serving a JWKS document that the test can change or take down.
 struct Idp {
     url: String,
