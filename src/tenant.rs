@@ -24,10 +24,6 @@ impl SourceSet {
         self.0 |= bit;
     }
 
-    pub fn contains(self, bit: u8) -> bool {
-        self.0 & bit != 0
-    }
-
     /// The same list as text, for logs.
     pub fn as_str(self) -> &'static str {
         const NAMES: [&str; 32] = [

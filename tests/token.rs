@@ -538,6 +538,42 @@ async fn a_route_that_requires_an_api_key_refuses_requests_without_one() {
     );
 }
 
+/// A token or API key whose source is not in `tenancy.sources` only corroborates: alone it
+/// names no tenant (404), beside a Host it agrees with it is served, against one it is a 403.
+#[tokio::test]
+async fn a_credential_that_is_not_a_tenancy_source_never_names_the_tenant_alone() {
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+    let yaml = token_config(&env, &keys, &up.url(), 5).replace(
+        "sources: [sni, host, token, apikey]",
+        "sources: [sni, host]",
+    );
+    let (_gw, running) = env.start(&yaml).await;
+    let http = running.addr("http").expect("http");
+    let token = rs(&keys, &claims("acme", 300));
+
+    let got = h1(http, with_token("127.0.0.1", "/public", &token)).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "a token alone");
+    assert_eq!(got.json()["error"], "unknown_tenant");
+    let mut keyed = get("127.0.0.1", "/public");
+    keyed
+        .headers_mut()
+        .insert("x-api-key", "globex-api-key-1".parse().expect("v"));
+    let got = h1(http, keyed).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "an API key alone");
+
+    let got = h1(http, with_token("acme.gw.test", "/public", &token)).await;
+    assert_eq!(got.status, StatusCode::OK, "the token agrees with the Host");
+    let got = h1(http, with_token("globex.gw.test", "/public", &token)).await;
+    assert_eq!(
+        got.status,
+        StatusCode::FORBIDDEN,
+        "the token names another tenant"
+    );
+    assert_eq!(got.json()["error"], "tenant_mismatch");
+}
+
 /// An identity provider serving a JWKS document that the test can change or take down.
 struct Idp {
     url: String,
