@@ -3,42 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::Full;
-
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Got {
-    h1(addr, get("localhost", path)).await
-}
-
-async fn admin_post(addr: std::net::SocketAddr, path: &str) -> Got {
-    let req = Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    h1(addr, req).await
-}
-
-/// Polls until `f` returns true or `within` passes.
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
+use http::StatusCode;
 
 /// Replaces `path` the way editors and ConfigMaps do: write a sibling, rename over.
 fn replace_by_rename(path: &std::path::Path, contents: &str) {

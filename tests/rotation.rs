@@ -13,35 +13,6 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Got {
-    h1(addr, get("localhost", path)).await
-}
-
-async fn admin_post(addr: std::net::SocketAddr, path: &str) -> Got {
-    let req = Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    h1(addr, req).await
-}
-
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// `gateway_reloads_total{result="error"}` from `/metrics` (0 when the series is absent).
 async fn reload_errors(admin: std::net::SocketAddr) -> u64 {
     let body = admin_get(admin, "/metrics").await.body;

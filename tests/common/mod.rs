@@ -523,3 +523,35 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// GET `path` on the admin listener.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Got {
+    h1(addr, get("localhost", path)).await
+}
+
+/// POST `path` (empty body) on the admin listener.
+pub async fn admin_post(addr: SocketAddr, path: &str) -> Got {
+    let req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    h1(addr, req).await
+}
+
+/// Polls until `f` returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
