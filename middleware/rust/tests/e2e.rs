@@ -35,13 +35,16 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds the gateway binary (incremental: usually a no-op) and returns its path.
+/// Builds the gateway binary and returns its path. `--workspace --all-targets` resolves features
+/// exactly as `cargo test --workspace` does, so under the test command this is a no-op; building
+/// only `--bin tenant-gateway` unifies features differently and recompiled a dozen dependencies
+/// into a second copy.
 fn gateway_binary() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target>/tmp: the binary sits next to it.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--bin", "tenant-gateway"])
+        .args(["build", "--quiet", "--workspace", "--all-targets"])
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", &target)
         .status()
