@@ -149,7 +149,7 @@ impl Dns {
 
     /// The addresses to try for `host`, starting at a different one each call. Answers from
     /// the registered name without waiting; resolves now when nothing is known yet.
-    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+    pub(crate) async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         let name = self.names.get(host).and_then(|w| w.upgrade());
         if let Some(name) = &name
             && let Some(addrs) = name.rotated()
@@ -183,7 +183,8 @@ impl DnsName {
         self.resolved.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn rotated(&self) -> Option<Vec<IpAddr>> {
+    /// The addresses, starting at the next one each call (`None` until the first answer).
+    pub(crate) fn rotated(&self) -> Option<Vec<IpAddr>> {
         let addrs = self.addresses();
         if addrs.is_empty() {
             return None;

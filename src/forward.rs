@@ -195,26 +195,25 @@ pub async fn forward(
     let (mut endpoint, mut in_flight) = pool.pick().ok_or(GatewayError::UpstreamUnavailable(
         UpstreamFailure::NoEndpoint,
     ))?;
-    // Only idempotent requests whose (empty) body cannot have been sent are retried, and only
-    // where another endpoint exists; the copy of the head is made just for those.
-    let retry = (pool.retry_connect_failure
-        && bodiless
-        && upgrade.is_none()
-        && pool.endpoints().len() > 1
-        && is_idempotent(&parts.method))
-    .then(|| {
-        (
-            parts.method.clone(),
-            parts.headers.clone(),
-            parts.extensions.clone(),
-        )
-    });
+    // Only idempotent requests whose (empty) body cannot have been sent are sent again: on
+    // another endpoint after a connect failure (where another exists), or on a fresh
+    // connection when a reused one was closed under them (the lean path decides that itself).
+    let replayable = bodiless && upgrade.is_none() && is_idempotent(&parts.method);
+    let retry =
+        (pool.retry_connect_failure && replayable && pool.endpoints().len() > 1).then(|| {
+            (
+                parts.method.clone(),
+                parts.headers.clone(),
+                parts.extensions.clone(),
+            )
+        });
     let target = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = endpoint_uri(&endpoint, &target)?;
+    let lean = pool.is_lean();
+    parts.uri = endpoint_uri(&endpoint, &target, lean)?;
     parts.version = endpoint_version(&endpoint);
     let mut upstream_req = Request::from_parts(parts, body);
     let mut retried = false;
@@ -222,8 +221,16 @@ pub async fn forward(
     // Dropping the request future on timeout drops its upstream connection too: a connection
     // with a request in flight is never returned to the pool.
     let deadline = tokio::time::Instant::now() + limits.request_timeout;
-    let resp = loop {
-        let result = tokio::time::timeout_at(deadline, client.request(upstream_req)).await;
+    let (resp, checkin) = loop {
+        let sending = send(
+            client,
+            pool,
+            &endpoint,
+            limits.connect_timeout,
+            upstream_req,
+            replayable,
+        );
+        let result = tokio::time::timeout_at(deadline, sending).await;
         match result {
             // The tenant's own deadline (which also covers a slow upload): never charged to the
             // endpoint, or one tenant's short `request_ms` would eject a shared endpoint.
@@ -242,15 +249,22 @@ pub async fn forward(
             Ok(Err(_)) if cut.load(Ordering::Relaxed) == CUT_CLIENT => {
                 return Err(GatewayError::BadRequest("the request body was cut off"));
             }
-            Ok(Err(e)) => {
-                // Refused, reset, or a broken exchange: the endpoint's failure.
-                pool.report(&endpoint, false);
-                let connect = e.is_connect();
-                if connect && is_timeout(&e) && retry.is_none() {
+            Ok(Err(failure)) => {
+                // Refused, reset, or a broken exchange: the endpoint's failure. Busy (every
+                // connection allowed to it in use) is not.
+                let (connect, timed_out) = match &failure {
+                    Failed::Connect { timed_out, .. } => (true, *timed_out),
+                    Failed::Saturated => (true, false),
+                    Failed::Exchange(_) => (false, false),
+                };
+                if !matches!(failure, Failed::Saturated) {
+                    pool.report(&endpoint, false);
+                }
+                if timed_out && retry.is_none() {
                     TenantStats::bump(&fwd.tenant.stats.timed_out);
                     return Err(GatewayError::UpstreamTimeout);
                 }
-                tracing::warn!(upstream = %pool.name, endpoint = %endpoint.authority, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(upstream = %pool.name, endpoint = %endpoint.authority, error = %failure, "upstream request failed");
                 match (&retry, connect && !retried) {
                     (Some((method, headers, extensions)), true) => {
                         retried = true;
@@ -259,7 +273,7 @@ pub async fn forward(
                         )?;
                         let mut again = Request::new(body::full(Bytes::new()));
                         *again.method_mut() = method.clone();
-                        *again.uri_mut() = endpoint_uri(&endpoint, &target)?;
+                        *again.uri_mut() = endpoint_uri(&endpoint, &target, lean)?;
                         *again.version_mut() = endpoint_version(&endpoint);
                         *again.headers_mut() = headers.clone();
                         *again.extensions_mut() = extensions.clone();
@@ -267,18 +281,24 @@ pub async fn forward(
                         tracing::debug!(endpoint = %endpoint.authority, "retrying on another endpoint after a connect failure");
                     }
                     _ => {
-                        let kind = if connect {
-                            UpstreamFailure::Connect
-                        } else {
-                            UpstreamFailure::Exchange
-                        };
-                        return Err(GatewayError::UpstreamUnavailable(kind));
+                        return Err(match failure {
+                            Failed::Saturated => {
+                                TenantStats::bump(&fwd.tenant.stats.saturated);
+                                GatewayError::UpstreamSaturated
+                            }
+                            Failed::Connect { .. } => {
+                                GatewayError::UpstreamUnavailable(UpstreamFailure::Connect)
+                            }
+                            Failed::Exchange(_) => {
+                                GatewayError::UpstreamUnavailable(UpstreamFailure::Exchange)
+                            }
+                        });
                     }
                 }
             }
-            Ok(Ok(resp)) => {
-                pool.report(&endpoint, !pool.is_failure(resp.status()));
-                break resp;
+            Ok(Ok(sent)) => {
+                pool.report(&endpoint, !pool.is_failure(sent.0.status()));
+                break sent;
             }
         }
     };
@@ -312,11 +332,94 @@ pub async fn forward(
     hop::strip(&mut rparts.headers);
     Ok(Response::from_parts(
         rparts,
-        body::stream(Guarded::new(rbody, guard, snap.limits.stream_idle_timeout)),
+        body::stream(Guarded::new(
+            crate::upstream_h1::Returning::new(rbody, checkin),
+            guard,
+            snap.limits.stream_idle_timeout,
+        )),
     ))
 }
 
-fn endpoint_uri(endpoint: &Endpoint, target: &PathAndQuery) -> Result<Uri, GatewayError> {
+/// Why sending to an endpoint failed, whichever client sent it.
+enum Failed {
+    /// No connection could be made; `timed_out`: `connect_ms` ran out.
+    Connect { timed_out: bool, error: String },
+    /// Every connection the endpoint allows was busy for the whole connect timeout.
+    Saturated,
+    /// The exchange broke after the connection was made.
+    Exchange(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect { error, .. } | Self::Exchange(error) => f.write_str(error),
+            Self::Saturated => f.write_str("every connection to the endpoint is busy"),
+        }
+    }
+}
+
+/// Sends one request to `endpoint`: over the pool's own HTTP/1.1 connections for `http://`
+/// pools ([`crate::upstream_h1`]), through the pooled client for `https://` and `h2c://`.
+async fn send(
+    client: &UpstreamClient,
+    pool: &crate::upstream::UpstreamPool,
+    endpoint: &Arc<Endpoint>,
+    connect_timeout: Duration,
+    req: Request<ProxyBody>,
+    replayable: bool,
+) -> Result<(Response<Incoming>, Option<crate::upstream_h1::Checkin>), Failed> {
+    use crate::upstream_h1::{Replay, SendError};
+    if !pool.is_lean() {
+        return client.request(req).await.map(|r| (r, None)).map_err(|e| {
+            let error = error_chain(&e);
+            if e.is_connect() {
+                Failed::Connect {
+                    timed_out: is_timeout(&e),
+                    error,
+                }
+            } else {
+                Failed::Exchange(error)
+            }
+        });
+    }
+    let replay = |req: &Request<ProxyBody>| {
+        replayable.then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    };
+    let conns = endpoint.conns();
+    let target = crate::upstream_h1::Target {
+        authority: &endpoint.authority,
+        addr: endpoint.addr,
+        name: endpoint.dns.as_deref(),
+        dns: pool.dns.as_deref(),
+        conns: &conns,
+    };
+    crate::upstream_h1::send(target, pool.conn, connect_timeout, req, replay)
+        .await
+        .map_err(|e| match e {
+            SendError::Connect(io) => Failed::Connect {
+                timed_out: io.kind() == std::io::ErrorKind::TimedOut,
+                error: format!("connect: {io}"),
+            },
+            SendError::Saturated => Failed::Saturated,
+            e @ SendError::Exchange(_) => Failed::Exchange(e.to_string()),
+        })
+}
+
+/// The request target for `endpoint`: origin-form for the lean HTTP/1.1 path (it writes the
+/// URI as given), absolute for the pooled client (it picks the connection by it).
+fn endpoint_uri(
+    endpoint: &Endpoint,
+    target: &PathAndQuery,
+    lean: bool,
+) -> Result<Uri, GatewayError> {
+    if lean {
+        return Ok(Uri::from(target.clone()));
+    }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(endpoint.scheme.clone());
     uri.authority = Some(endpoint.authority.clone());

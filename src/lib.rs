@@ -64,6 +64,7 @@ pub mod tls;
 pub mod tls_accept;
 pub mod token;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod usage;
 pub mod usage_export;
 pub mod watch;

@@ -37,6 +37,8 @@ pub struct Endpoint {
     /// For an endpoint named by hostname: its addresses, kept fresh while the endpoint holds
     /// them (runtime state, shared by every endpoint naming the host).
     pub dns: Option<Arc<crate::dns::DnsName>>,
+    /// For an endpoint named by IP address: the socket address (no lookup at all).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// What an endpoint has shown while serving (runtime state; kept across reloads that keep the
@@ -50,6 +52,8 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     /// Times passive health checking has ejected this endpoint.
     ejections: AtomicU64,
+    /// Its HTTP/1.1 connections (`http://` pools), idle and busy.
+    conns: Arc<crate::upstream_h1::Conns>,
 }
 
 /// A pool's round-robin cursor and retry count (runtime state, by pool name).
@@ -73,13 +77,29 @@ impl Endpoint {
 
     /// An endpoint whose health and in-flight count live in `state` (from the runtime).
     pub fn with_state(scheme: Scheme, authority: Authority, state: Arc<EndpointState>) -> Self {
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = authority.host();
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<std::net::IpAddr>()
+            .ok();
+        let addr = ip
+            .map(|ip| std::net::SocketAddr::new(ip, authority.port_u16().unwrap_or(default_port)));
         Self {
             scheme,
             authority,
             h2c: false,
             state,
             dns: None,
+            addr,
         }
+    }
+
+    /// The endpoint's HTTP/1.1 connections (the lean path of `http://` pools).
+    pub fn conns(&self) -> Arc<crate::upstream_h1::Conns> {
+        self.state.conns.clone()
     }
 
     /// Whether passive health checking has taken this endpoint out of service right now.
@@ -154,6 +174,10 @@ pub struct UpstreamPool {
         Arc<crate::fairshare::FairQueue>,
         crate::fairshare::CapacitySettings,
     )>,
+    /// Its connections' idle timeout and per-endpoint cap (`http://` pools).
+    pub conn: crate::upstream_h1::ConnSettings,
+    /// Resolves hostname endpoints that have no answer yet (`http://` pools).
+    pub dns: Option<Arc<crate::dns::Dns>>,
     endpoints: Box<[Arc<Endpoint>]>,
     balance: Balance,
     state: Arc<PoolState>,
@@ -178,6 +202,8 @@ impl UpstreamPool {
             retry_connect_failure: true,
             signer: None,
             capacity: None,
+            conn: crate::upstream_h1::ConnSettings::default(),
+            dns: None,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balance,
             state: Arc::default(),
@@ -212,6 +238,12 @@ impl UpstreamPool {
         {
             queue.reconfigure(*settings);
         }
+    }
+
+    /// Whether the pool's requests take the lean HTTP/1.1 path ([`crate::upstream_h1`]): plain
+    /// `http://` endpoints. `https://` and `h2c://` pools use the pooled client.
+    pub fn is_lean(&self) -> bool {
+        self.tls.is_none() && self.endpoints.first().is_some_and(|e| !e.h2c)
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
@@ -426,7 +458,7 @@ pub fn client(
         .http2_only(h2c)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(crate::upstream_h1::DEFAULT_IDLE_TIMEOUT)
         .pool_max_idle_per_host(1024)
         .build(connector)
 }

@@ -923,6 +923,39 @@ impl Compiler<'_> {
                 max_ejection_percent: u.health.max_ejection_percent.min(100),
             };
             pool.retry_connect_failure = u.retry_connect_failure;
+            pool.dns = Some(dns.1.clone());
+            if u.idle_timeout_ms == Some(0) {
+                self.err(format!("{path}.idle_timeout_ms"), "must be at least 1");
+            }
+            if u.max_connections_per_endpoint == Some(0) {
+                self.err(
+                    format!("{path}.max_connections_per_endpoint"),
+                    "must be at least 1 (leave it out for no cap)",
+                );
+            }
+            if !pool.is_lean() {
+                for (key, set) in [
+                    ("idle_timeout_ms", u.idle_timeout_ms.is_some()),
+                    (
+                        "max_connections_per_endpoint",
+                        u.max_connections_per_endpoint.is_some(),
+                    ),
+                ] {
+                    if set {
+                        self.err(
+                            format!("{path}.{key}"),
+                            "applies to http:// pools only (https:// and h2c:// pools close idle connections after 4 s)",
+                        );
+                    }
+                }
+            }
+            pool.conn = crate::upstream_h1::ConnSettings {
+                idle_timeout: u.idle_timeout_ms.map_or(
+                    crate::upstream_h1::DEFAULT_IDLE_TIMEOUT,
+                    Duration::from_millis,
+                ),
+                max_per_endpoint: u.max_connections_per_endpoint.unwrap_or(0) as usize,
+            };
             if let Some(cap) = &u.capacity
                 && let Some(settings) = self.capacity(&format!("{path}.capacity"), cap)
             {

@@ -428,6 +428,14 @@ pub struct RawUpstream {
     /// Re-resolve hostname endpoints at this interval instead of the record's TTL.
     #[serde(default)]
     pub dns_refresh_ms: Option<u64>,
+    /// Close an idle upstream connection after this long instead of reusing it (default 4000,
+    /// below the 5 s keep-alive of uvicorn and Node). `http://` pools.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Open connections per endpoint, idle and busy; a request waits up to its `connect_ms` for
+    /// one to free up, then gets 503. Default unlimited. `http://` pools.
+    #[serde(default)]
+    pub max_connections_per_endpoint: Option<u32>,
 }
 
 /// `capacity: { max_in_flight: 64, queue_ms: 1000 }` (or `max_in_flight: { adaptive: { min, max } }`).

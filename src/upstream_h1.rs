@@ -1,0 +1,515 @@
+//! The lean upstream path of `http://` pools: per endpoint, a stack of idle HTTP/1.1
+//! connections (`hyper::client::conn::http1`), checked out by the request that needs one and
+//! checked back in when its response has been read to the end.
+//!
+//! Nothing sits between a request and its connection but this stack: no pool keyed by
+//! scheme and authority, no checkout futures, no connector service. One idle set per endpoint
+//! whatever the tenant's plan (the connect timeout is the request's, not the set's), at most
+//! `max_connections_per_endpoint` connections per endpoint, and a connection idle for
+//! `idle_timeout_ms` is never used again (closed instead), so the gateway gives up a connection
+//! before the upstream's own keep-alive timeout closes it under a request.
+//!
+//! A connection is handed out most recently used first (warm, least likely to have been closed
+//! by the upstream); the oldest are dropped from the bottom of the stack as they expire.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+
+use crate::body::ProxyBody;
+
+/// A pool's connection settings (`upstreams.<pool>.idle_timeout_ms`,
+/// `max_connections_per_endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSettings {
+    /// A connection idle this long is closed rather than reused.
+    pub idle_timeout: Duration,
+    /// Open connections per endpoint (idle and busy); 0 = unlimited.
+    pub max_per_endpoint: usize,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_per_endpoint: 0,
+        }
+    }
+}
+
+/// Below the keep-alive timeouts of common application servers (uvicorn and Node close at 5 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// An endpoint's HTTP/1.1 connections (runtime state: kept across reloads with the endpoint).
+#[derive(Debug, Default)]
+pub struct Conns {
+    /// Idle connections, oldest first; checked out from the back.
+    idle: Mutex<VecDeque<Idle>>,
+    /// Open connections, idle or busy (and those being opened).
+    open: AtomicUsize,
+    /// Signalled when a connection is checked in or closes (a request at the cap may proceed).
+    freed: Notify,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// A connection's request side and the count of bytes read from it (so a failure can tell
+/// whether any byte of the response had arrived).
+#[derive(Debug)]
+struct Conn {
+    tx: SendRequest<ProxyBody>,
+    read: Arc<AtomicU64>,
+}
+
+impl Conns {
+    /// Open connections to the endpoint (idle and busy).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections waiting for a request (some may have been closed by the upstream since).
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection still fresh enough; expired ones are dropped
+    /// (which closes them).
+    fn pop(&self, idle_timeout: Duration) -> Option<Conn> {
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop_back() {
+            if c.since.elapsed() < idle_timeout && !c.conn.tx.is_closed() {
+                return Some(c.conn);
+            }
+            // Expired: so are all older ones below it.
+            idle.clear();
+        }
+        None
+    }
+
+    fn push(&self, conn: Conn, idle_timeout: Duration) {
+        let now = Instant::now();
+        {
+            let mut idle = self.lock();
+            while idle.front().is_some_and(|c| {
+                now.duration_since(c.since) >= idle_timeout || c.conn.tx.is_closed()
+            }) {
+                idle.pop_front();
+            }
+            idle.push_back(Idle { conn, since: now });
+        }
+        self.freed.notify_one();
+    }
+
+    /// Counts a connection about to be opened, unless `max` are open already (0 = no cap).
+    fn reserve(self: &Arc<Self>, max: usize) -> Option<OpenSlot> {
+        let mut n = self.open.load(Ordering::Relaxed);
+        loop {
+            if max != 0 && n >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(OpenSlot(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+/// One open (or opening) connection in [`Conns::open`]; released when the connection closes.
+struct OpenSlot(Arc<Conns>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (DNS, refused, timed out): the endpoint's failure.
+    Connect(std::io::Error),
+    /// The endpoint had `max_connections_per_endpoint` busy connections for the whole connect
+    /// timeout: not a failure of the endpoint.
+    Saturated,
+    /// The exchange failed after the connection was made.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Saturated => f.write_str("every connection to the endpoint is busy"),
+            Self::Exchange(e) => {
+                write!(f, "{e}")?;
+                let mut cur = std::error::Error::source(e);
+                while let Some(err) = cur {
+                    write!(f, ": {err}")?;
+                    cur = err.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where an endpoint is: its authority and, when known without a lookup, its address.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub authority: &'a http::uri::Authority,
+    /// An endpoint named by IP address.
+    pub addr: Option<SocketAddr>,
+    /// An endpoint named by hostname: its kept-fresh addresses.
+    pub name: Option<&'a crate::dns::DnsName>,
+    /// Resolves the hostname when no answer is known yet.
+    pub dns: Option<&'a crate::dns::Dns>,
+    /// The endpoint's connections.
+    pub conns: &'a Arc<Conns>,
+}
+
+/// A request head to send again when a reused connection turned out to be closed (bodiless
+/// idempotent requests only).
+pub struct Replay {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(crate::body::full(Bytes::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Sends `req` (origin-form URI, `Host` set) to `endpoint` over an idle connection, or a new
+/// one within `connect_timeout`. When a reused connection fails before any response byte, the
+/// request is sent again once on a fresh connection: whenever hyper hands it back unsent, and
+/// otherwise when `replay` (a bodiless idempotent request's head) says it may be.
+///
+/// The response comes with its connection: [`Returning`] checks it back in once the body has
+/// been read to the end.
+pub async fn send(
+    endpoint: Target<'_>,
+    settings: ConnSettings,
+    connect_timeout: Duration,
+    req: Request<ProxyBody>,
+    replay: impl FnOnce(&Request<ProxyBody>) -> Option<Replay>,
+) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
+    let conns = endpoint.conns;
+    let (mut conn, reused) = checkout(endpoint, settings, connect_timeout).await?;
+    let replay = if reused { replay(&req) } else { None };
+    let read_before = conn.read.load(Ordering::Relaxed);
+    let first = conn.tx.try_send_request(req).await;
+    let (conn, resp) = match first {
+        Ok(resp) => (conn, resp),
+        Err(mut e) => {
+            // A fresh connection's failure is the endpoint's; a reused one may simply have been
+            // closed by the upstream as the request went out (the keep-alive race): sent again
+            // when hyper hands the request back unsent, or when no byte of an answer arrived
+            // and the request may be repeated.
+            let answered = conn.read.load(Ordering::Relaxed) != read_before;
+            let again = match e.take_message() {
+                Some(req) => Some(req),
+                None if !answered => replay.as_ref().map(Replay::request),
+                None => None,
+            };
+            let Some(req) = again.filter(|_| reused) else {
+                return Err(SendError::Exchange(e.into_error()));
+            };
+            tracing::debug!(endpoint = %endpoint.authority, error = %e.error(), "reused upstream connection failed; sending again on a new one");
+            let slot = wait_for_slot(conns, settings, connect_timeout).await?;
+            let mut conn = connect(endpoint, slot, connect_timeout).await?;
+            match conn.tx.try_send_request(req).await {
+                Ok(resp) => (conn, resp),
+                Err(e) => return Err(SendError::Exchange(e.into_error())),
+            }
+        }
+    };
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the upgrade.
+        return Ok((resp, None));
+    }
+    let checkin = Checkin {
+        conn,
+        conns: conns.clone(),
+        idle_timeout: settings.idle_timeout,
+    };
+    Ok((resp, Some(checkin)))
+}
+
+/// An idle connection to `endpoint` (`true`: reused), or a new one.
+async fn checkout(
+    endpoint: Target<'_>,
+    settings: ConnSettings,
+    connect_timeout: Duration,
+) -> Result<(Conn, bool), SendError> {
+    let conns = endpoint.conns;
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    loop {
+        while let Some(mut conn) = conns.pop(settings.idle_timeout) {
+            // Ready at once unless the connection is still finishing the response it was
+            // checked in after (then a moment), or has closed meanwhile (then an error).
+            if conn.tx.ready().await.is_ok() {
+                return Ok((conn, true));
+            }
+        }
+        if let Some(slot) = conns.reserve(settings.max_per_endpoint) {
+            return connect(endpoint, slot, connect_timeout)
+                .await
+                .map(|conn| (conn, false));
+        }
+        // At the cap: wait for a connection to be checked in or to close.
+        let freed = conns.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if conns.idle() > 0 || conns.open() < settings.max_per_endpoint {
+            continue;
+        }
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            return Err(SendError::Saturated);
+        }
+    }
+}
+
+/// A slot for a new connection, waiting (within `connect_timeout`) when the endpoint is at its
+/// cap.
+async fn wait_for_slot(
+    conns: &Arc<Conns>,
+    settings: ConnSettings,
+    connect_timeout: Duration,
+) -> Result<OpenSlot, SendError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    loop {
+        let freed = conns.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if let Some(slot) = conns.reserve(settings.max_per_endpoint) {
+            return Ok(slot);
+        }
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            return Err(SendError::Saturated);
+        }
+    }
+}
+
+/// Opens a connection to `endpoint` (every address in turn, all within `timeout`) and starts
+/// driving it; `slot` is held until the connection closes.
+async fn connect(
+    endpoint: Target<'_>,
+    slot: OpenSlot,
+    timeout: Duration,
+) -> Result<Conn, SendError> {
+    let read = Arc::new(AtomicU64::new(0));
+    let opening = async {
+        let stream = ReadCounted {
+            inner: tcp_connect(endpoint).await?,
+            read: read.clone(),
+        };
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, ProxyBody>(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((tx, conn))
+    };
+    let (tx, conn) = match tokio::time::timeout(timeout, opening).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Err(_) => {
+            return Err(SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "connect_ms ({} ms) elapsed before the connection was ready",
+                    timeout.as_millis()
+                ),
+            )));
+        }
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn { tx, read })
+}
+
+/// A socket that counts the bytes read from it.
+struct ReadCounted {
+    inner: tokio::net::TcpStream,
+    read: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for ReadCounted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for ReadCounted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn tcp_connect(endpoint: Target<'_>) -> std::io::Result<tokio::net::TcpStream> {
+    let port = endpoint.authority.port_u16().unwrap_or(80);
+    let known = endpoint.name.and_then(|name| name.rotated());
+    let addrs: Vec<SocketAddr> = match (&endpoint.addr, known, endpoint.dns) {
+        (Some(addr), _, _) => vec![*addr],
+        (None, Some(ips), _) => ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        (None, None, Some(dns)) => dns
+            .resolve(endpoint.authority.host().trim_end_matches('.'))
+            .await
+            .map_err(std::io::Error::other)?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        (None, None, None) => {
+            return Err(std::io::Error::other(format!(
+                "no address for {}",
+                endpoint.authority
+            )));
+        }
+    };
+    let mut last = None;
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no addresses")))
+}
+
+/// A connection whose response is being read; checked back in as idle when it is read to the
+/// end (dropped with the response otherwise, which closes the connection).
+pub struct Checkin {
+    conn: Conn,
+    conns: Arc<Conns>,
+    idle_timeout: Duration,
+}
+
+impl Checkin {
+    fn done(self) {
+        self.conns.push(self.conn, self.idle_timeout);
+    }
+}
+
+/// A response body that checks its connection back in when it ends.
+pub struct Returning {
+    body: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl Returning {
+    pub fn new(body: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut this = Self { body, checkin };
+        if this.body.is_end_stream() {
+            // No body at all (HEAD, 204, 304, Content-Length: 0): reusable now.
+            this.check_in();
+        }
+        this
+    }
+
+    fn check_in(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.done();
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.check_in(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.check_in(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
