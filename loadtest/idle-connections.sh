@@ -3,7 +3,7 @@
 #
 #   bash loadtest/idle-connections.sh [N=5000]
 #     CANDIDATES="gateway nginx"  MODES="plain tls"  RUNS=3   (defaults)
-#   MIXED=1 bash loadtest/idle-connections.sh [N=15000]
+#   MIXED=1 bash loadtest/idle-connections.sh [N=15000]     (CANDIDATES too)
 #
 # Idle: each of N keep-alive connections sends one request, reads the answer and goes quiet;
 # the server's RSS is read before and after (after 2 s, so parking has happened) and the
@@ -68,7 +68,8 @@ NGX
 start() {
   case $1 in
     gateway)
-      start_gateway "$work/gateway.yaml" acme.gw.test
+      # Access log off, as nginx's is.
+      RUST_LOG=warn start_gateway "$work/gateway.yaml" acme.gw.test
       server_pid=${pids[-1]} ;;
     nginx)
       taskset -c 1 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
@@ -76,7 +77,10 @@ start() {
       server_pid=$(pgrep -P "${pids[-1]}" | head -1) ;;
   esac
 }
-stop() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; sleep 0.5; }
+stop() {
+  kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+  for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18080/ || break; sleep 0.1; done
+}
 
 # hold N MODE READY DONE: opens N keep-alive connections (each sends one request), touches
 # READY, keeps them until DONE exists. Prints nothing.
@@ -144,9 +148,9 @@ if [ "$MIXED" != 1 ]; then
   exit 0
 fi
 
-# MIXED: busy connections with and without N idle ones, interleaved.
+# MIXED: busy connections with and without N idle ones, interleaved, for each candidate (nginx
+# is the yardstick: what N idle sockets cost the machine itself, whoever serves them).
 command -v wrk >/dev/null || { echo "needs wrk" >&2; exit 1; }
-start gateway
 busy() {
   taskset -c 0 wrk -t1 -c64 -d10s --latency -H "Host: acme.gw.test" http://127.0.0.1:18080/ > "$work/wrk.txt"
   rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.txt")
@@ -155,24 +159,25 @@ busy() {
 }
 : > "$OUT/mixed.txt"
 for run in $(seq "$RUNS"); do
-  read -r rps p99 < <(busy)
-  echo "$run without $rps $p99 -" | tee -a "$OUT/mixed.txt"
-  rm -f "$work/ready" "$work/done"
-  hold "$N" plain "$work/ready" "$work/done" & holder=$!
-  wait_for "$work/ready"; sleep 2
-  fresh=$(curl -s -o /dev/null -w '%{time_total}' -H "Host: acme.gw.test" http://127.0.0.1:18080/)
-  read -r rps p99 < <(busy)
-  echo "$run with $rps $p99 $(awk -v t="$fresh" 'BEGIN {printf "%.2f", t*1000}')" | tee -a "$OUT/mixed.txt"
-  touch "$work/done"; wait "$holder" || true
+  for c in $CANDIDATES; do
+    start "$c"
+    read -r rps p99 < <(busy)
+    echo "$run $c without $rps $p99 -" | tee -a "$OUT/mixed.txt"
+    rm -f "$work/ready" "$work/done"
+    taskset -c 0 bash -c "$(declare -f hold); hold $N plain $work/ready $work/done" & holder=$!
+    wait_for "$work/ready"; sleep 2
+    fresh=$(curl -s -o /dev/null -w '%{time_total}' -H "Host: acme.gw.test" http://127.0.0.1:18080/)
+    read -r rps p99 < <(busy)
+    echo "$run $c with $rps $p99 $(awk -v t="$fresh" 'BEGIN {printf "%.2f", t*1000}')" | tee -a "$OUT/mixed.txt"
+    touch "$work/done"; wait "$holder" || true
+    stop
+  done
 done
 {
-  w_rps=$(awk '$2=="without" {print $3}' "$OUT/mixed.txt" | median)
-  i_rps=$(awk '$2=="with" {print $3}' "$OUT/mixed.txt" | median)
-  w_p99=$(awk '$2=="without" {print $4}' "$OUT/mixed.txt" | median)
-  i_p99=$(awk '$2=="with" {print $4}' "$OUT/mixed.txt" | median)
-  fresh=$(awk '$2=="with" {print $5}' "$OUT/mixed.txt" | median)
-  echo "64 busy connections (wrk, 10 s), median of $RUNS interleaved runs:"
-  echo "  without idle connections: $w_rps req/s, p99 $w_p99 ms"
-  echo "  with $N idle connections: $i_rps req/s, p99 $i_p99 ms (ratio req/s $(awk -v a="$i_rps" -v b="$w_rps" 'BEGIN {printf "%.3f", a/b}'), p99 $(awk -v a="$i_p99" -v b="$w_p99" 'BEGIN {printf "%.3f", a/b}'))"
-  echo "  a fresh client while they are open: answered in $fresh ms (curl time_total, median)"
+  echo "64 busy connections (wrk, 10 s), without and with $N idle ones, median of $RUNS interleaved runs:"
+  for c in $CANDIDATES; do
+    col() { awk -v c="$c" -v k="$1" -v f="$2" '$2==c && $3==k {print $f}' "$OUT/mixed.txt" | median; }
+    w_rps=$(col without 4); i_rps=$(col with 4); w_p99=$(col without 5); i_p99=$(col with 5); fresh=$(col with 6)
+    echo "  $c: $w_rps -> $i_rps req/s (x$(awk -v a="$i_rps" -v b="$w_rps" 'BEGIN {printf "%.3f", a/b}')), p99 $w_p99 -> $i_p99 ms (x$(awk -v a="$i_p99" -v b="$w_p99" 'BEGIN {printf "%.3f", a/b}')); a fresh client answered in $fresh ms"
+  done
 } | tee "$OUT/summary.txt"
