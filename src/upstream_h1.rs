@@ -49,6 +49,9 @@ impl Default for ConnSettings {
     }
 }
 
+/// How long a checked-out idle connection may take to become ready before it is given up.
+const READY_WAIT: Duration = Duration::from_millis(500);
+
 /// Below the keep-alive timeouts of common application servers (uvicorn and Node close at 5 s).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -276,9 +279,16 @@ async fn checkout(
     let deadline = tokio::time::Instant::now() + connect_timeout;
     loop {
         while let Some(mut conn) = conns.pop(settings.idle_timeout) {
-            // Ready at once unless the connection is still finishing the response it was
-            // checked in after (then a moment), or has closed meanwhile (then an error).
-            if conn.tx.ready().await.is_ok() {
+            // Ready at once, or after a moment when its task is still finishing the exchange it
+            // was checked in after; an error when it has closed meanwhile. One still sending an
+            // upload the upstream answered early is given up after READY_WAIT.
+            let ready = match std::future::poll_fn(|cx| Poll::Ready(conn.tx.poll_ready(cx))).await {
+                Poll::Ready(r) => r.is_ok(),
+                Poll::Pending => tokio::time::timeout(READY_WAIT, conn.tx.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+            };
+            if ready {
                 return Ok((conn, true));
             }
         }
