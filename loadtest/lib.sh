@@ -7,6 +7,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# A process still listening on a port these scripts use would be measured instead of theirs.
+for port in 18080 18443 19000; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "127.0.0.1:$port is already in use (ss -ltnp | grep $port): stop that process first" >&2
+    exit 1
+  fi
+done
+
 # start_upstream PORT: nginx, one worker, `return 200` with a 100-byte body, pinned to CPU 0.
 start_upstream() {
   local body
