@@ -696,6 +696,44 @@ async fn jwks_url_is_fetched_refreshed_on_an_unknown_kid_and_kept_when_the_idp_i
     assert_eq!(got.status, StatusCode::OK, "last good set still serving");
 }
 
+/// The fetcher's pace: a provider that fails is retried after 1 s, then 2 s, 4 s … (never in a
+/// tight loop), and one that answered is not asked again until the refresh interval or an
+/// unknown kid.
+#[tokio::test]
+async fn jwks_url_fetches_back_off_while_the_provider_fails_and_rest_once_it_answered() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new();
+    let keys = Keys::new();
+    let up = Upstream::start("up").await;
+
+    let down = idp(String::new()).await;
+    *down.doc.lock().expect("lock") = None;
+    let (_gw, _running) = env
+        .start(&jwks_url_config(&env, &keys, &up.url(), &down))
+        .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let attempts = down.fetches.load(Ordering::Relaxed);
+    assert!(
+        (2..=4).contains(&attempts),
+        "attempts at about 0, 1 and 3 s, not every 250 ms: {attempts} in 3.5 s"
+    );
+
+    let good = idp(json!({ "keys": [jwk("idp-1", &keys.ec)] }).to_string()).await;
+    let (_gw2, _running2) = env
+        .start(&jwks_url_config(&env, &keys, &up.url(), &good))
+        .await;
+    assert!(
+        eventually(5, || async { good.fetches.load(Ordering::Relaxed) >= 1 }).await,
+        "fetched at start"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        good.fetches.load(Ordering::Relaxed),
+        1,
+        "a provider that answered is not asked again within the refresh interval"
+    );
+}
+
 /// A gateway whose keys come from `jwks_url` (the `Idp`), with the standard token config.
 fn jwks_url_config(env: &Env, keys: &Keys, upstream: &str, idp: &Idp) -> String {
     token_config(env, keys, upstream, 5).replace(
