@@ -326,16 +326,22 @@ where
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
                 Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "connect_ms ({} ms) elapsed before the connection was ready (DNS, TCP and TLS)",
-                        timeout.as_millis()
-                    ),
-                )) as _),
+                Err(_) => Err(Box::new(connect_timed_out(timeout)) as _),
             }
         })
     }
+}
+
+/// The error of a connection set-up (DNS, TCP, TLS) that `connect_ms` cut short: a `TimedOut`
+/// I/O error, which the forward phase reports as an upstream timeout.
+pub fn connect_timed_out(timeout: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "connect_ms ({} ms) elapsed before the connection was ready (DNS, TCP and TLS)",
+            timeout.as_millis()
+        ),
+    )
 }
 
 #[cfg(test)]

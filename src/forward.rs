@@ -390,23 +390,22 @@ async fn send(
             headers: req.headers().clone(),
         })
     };
-    let conns = endpoint.conns();
     let target = crate::upstream_h1::Target {
         authority: &endpoint.authority,
         addr: endpoint.addr,
         name: endpoint.dns.as_deref(),
         dns: pool.dns.as_deref(),
-        conns: &conns,
+        conns: endpoint.conns(),
     };
     crate::upstream_h1::send(target, pool.conn, connect_timeout, req, replay)
         .await
         .map_err(|e| match e {
             SendError::Connect(io) => Failed::Connect {
                 timed_out: io.kind() == std::io::ErrorKind::TimedOut,
-                error: format!("connect: {io}"),
+                error: format!("connect: {}", error_chain(&io)),
             },
             SendError::Saturated => Failed::Saturated,
-            e @ SendError::Exchange(_) => Failed::Exchange(e.to_string()),
+            SendError::Exchange(e) => Failed::Exchange(error_chain(&e)),
         })
 }
 

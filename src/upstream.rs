@@ -98,8 +98,8 @@ impl Endpoint {
     }
 
     /// The endpoint's HTTP/1.1 connections (the lean path of `http://` pools).
-    pub fn conns(&self) -> Arc<crate::upstream_h1::Conns> {
-        self.state.conns.clone()
+    pub fn conns(&self) -> &Arc<crate::upstream_h1::Conns> {
+        &self.state.conns
     }
 
     /// Whether passive health checking has taken this endpoint out of service right now.

@@ -163,24 +163,6 @@ pub enum SendError {
     Exchange(hyper::Error),
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Saturated => f.write_str("every connection to the endpoint is busy"),
-            Self::Exchange(e) => {
-                write!(f, "{e}")?;
-                let mut cur = std::error::Error::source(e);
-                while let Some(err) = cur {
-                    write!(f, ": {err}")?;
-                    cur = err.source();
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Where an endpoint is: its authority and, when known without a lookup, its address.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
@@ -353,15 +335,7 @@ async fn connect(
     let (tx, conn) = match tokio::time::timeout(timeout, opening).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return Err(SendError::Connect(e)),
-        Err(_) => {
-            return Err(SendError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "connect_ms ({} ms) elapsed before the connection was ready",
-                    timeout.as_millis()
-                ),
-            )));
-        }
+        Err(_) => return Err(SendError::Connect(crate::dns::connect_timed_out(timeout))),
     };
     tokio::spawn(async move {
         let _slot = slot;

@@ -28,14 +28,7 @@ async fn response<S: AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>) -> (u1
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end]).to_string();
             let status: u16 = head[9..12].parse().expect("status");
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
+            let len = content_length(&head);
             while pending.len() < end + 4 + len {
                 read_more(s, pending).await;
             }

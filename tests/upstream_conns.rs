@@ -127,14 +127,7 @@ async fn serve(mut s: TcpStream, b: Behaviour, seen: &std::sync::Mutex<Vec<Strin
             buf.extend_from_slice(&chunk[..read]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let len = content_length(&head);
         n += 1;
         seen.lock()
             .expect("lock")

@@ -228,6 +228,17 @@ pub fn with_tenant_lines(yaml: &str, tenant: &str, lines: &str) -> String {
     format!("{}{lines}{}", &yaml[..end], &yaml[end..])
 }
 
+/// The `Content-Length` of an HTTP/1.1 message head (0 when absent or unreadable).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// The status of one HTTP/1.1 GET for `host` and `path`.
 pub async fn status(addr: SocketAddr, host: &str, path: &str) -> StatusCode {
     h1(addr, get(host, path)).await.status
