@@ -6,8 +6,9 @@
 #   MIXED=1 bash loadtest/idle-connections.sh [N=15000]     (CANDIDATES too)
 #
 # Idle: each of N keep-alive connections sends one request, reads the answer and goes quiet;
-# the server's RSS is read before and after (after 2 s, so parking has happened) and the
-# growth divided by N. Candidates run one after another, interleaved RUNS times; the table
+# the server's RSS is read before and after (after 5 s: parking has happened, and the upstream
+# connections the opening burst left idle have passed the pool's 4 s idle timeout, as nginx
+# keeps at most its `keepalive 64`) and the growth divided by N. Candidates run one after another, interleaved RUNS times; the table
 # shows medians. nginx is one worker proxying to the same upstream (keep-alive to it), with
 # the gateway's dev certificate for TLS.
 #
@@ -127,7 +128,7 @@ if [ "$MIXED" != 1 ]; then
         rm -f "$work/ready" "$work/done"
         hold "$N" "$mode" "$work/ready" "$work/done" & holder=$!
         wait_for "$work/ready"
-        sleep 2
+        sleep 5
         held=$(rss "$server_pid"); opened=$(cat "$work/ready")
         touch "$work/done"; wait "$holder" || true
         per=$(( (held - before) * 1024 / opened ))

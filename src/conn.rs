@@ -20,10 +20,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name, lower-case, if the client sent one.
     pub sni: Option<Box<str>>,
-    /// The TCP peer (a trusted load balancer) when a PROXY header named `remote`.
-    pub proxied_by: Option<SocketAddr>,
-    /// DNS and URI SANs of the client certificate the TLS handshake verified.
-    pub client_sans: Box<[Box<str>]>,
+    /// What few connections have (a PROXY header, a client certificate): boxed, so the info
+    /// of a plain connection, which lives as long as the connection, stays small.
+    rare: Option<Box<Rare>>,
     /// When the connection was accepted (the idle clock's origin).
     opened: Instant,
     /// Requests in progress (until their response body has been sent).
@@ -35,6 +34,13 @@ pub struct ConnInfo {
     /// What the connection holds until every reference to it is gone (its connection slots:
     /// an upgraded connection keeps them through the `ActiveRequest` its splice holds).
     _holds: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The rarely present part of a [`ConnInfo`].
+#[derive(Default)]
+struct Rare {
+    proxied_by: Option<SocketAddr>,
+    client_sans: Box<[Box<str>]>,
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -55,8 +61,7 @@ impl ConnInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             tls,
             sni: sni.map(|s| s.to_ascii_lowercase().into()),
-            proxied_by: None,
-            client_sans: Box::default(),
+            rare: None,
             opened: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -73,14 +78,28 @@ impl ConnInfo {
 
     /// The connection came through a PROXY header from `peer`.
     pub fn proxied_by(mut self, peer: Option<SocketAddr>) -> Self {
-        self.proxied_by = peer;
+        if peer.is_some() {
+            self.rare.get_or_insert_default().proxied_by = peer;
+        }
         self
     }
 
     /// The SANs of the client certificate the handshake verified.
     pub fn with_client_sans(mut self, sans: Vec<Box<str>>) -> Self {
-        self.client_sans = sans.into();
+        if !sans.is_empty() {
+            self.rare.get_or_insert_default().client_sans = sans.into();
+        }
         self
+    }
+
+    /// The TCP peer (a trusted load balancer) when a PROXY header named `remote`.
+    pub fn proxy_peer(&self) -> Option<SocketAddr> {
+        self.rare.as_ref().and_then(|r| r.proxied_by)
+    }
+
+    /// DNS and URI SANs of the client certificate the TLS handshake verified.
+    pub fn client_sans(&self) -> &[Box<str>] {
+        self.rare.as_ref().map_or(&[], |r| &r.client_sans)
     }
 
     /// The raw-head scan of this connection (HTTP/1 only).

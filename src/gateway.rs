@@ -292,6 +292,7 @@ impl Gateway {
                     connections: connections.clone(),
                     proxy_protocol: spec.proxy_protocol,
                     builders: Default::default(),
+                    parking: Default::default(),
                 },
                 shutdown_rx.clone(),
             ));

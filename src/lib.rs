@@ -49,6 +49,7 @@ pub mod io;
 pub mod limits;
 pub mod metrics;
 pub mod normalize;
+pub mod parking;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod quota;

@@ -14,6 +14,7 @@ use tenant_gateway::{config, demo, devcerts};
 /// jemalloc: about a twentieth less CPU per proxied request than glibc's malloc, and the memory
 /// an idle connection gives up is returned to the system by its background thread instead of
 /// staying in the heap (docs/performance.md has both figures).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tracing_subscriber::EnvFilter;

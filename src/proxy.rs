@@ -165,7 +165,7 @@ async fn run_phases(
     // resolve tenant (connection sources)
     let host = request_host(&req)?;
     let by_conn = resolve_tenant(snap, conn.sni.as_deref(), host)?;
-    let by_conn = crate::tenant::join_cert(snap, &conn.client_sans, by_conn)?;
+    let by_conn = crate::tenant::join_cert(snap, conn.client_sans(), by_conn)?;
     // authenticate token (and API key)
     let claims = match (&snap.token, TokenAuth::bearer(req.headers())?) {
         (Some(auth), Some(token)) => Some(auth.authenticate(token, unix_now())?),

@@ -226,7 +226,7 @@ pub fn client_ip(
     conn: &crate::conn::ConnInfo,
     headers: &HeaderMap,
 ) -> HeaderValue {
-    if conn.proxied_by.is_none()
+    if conn.proxy_peer().is_none()
         && let Some(ip) = client_from_xff(headers, conn.remote.ip(), trusted)
         && let Ok(v) = HeaderValue::try_from(ip.to_string())
     {

@@ -10,12 +10,13 @@
 //! before the upstream's own keep-alive timeout closes it under a request.
 //!
 //! A connection is handed out most recently used first (warm, least likely to have been closed
-//! by the upstream); the oldest are dropped from the bottom of the stack as they expire.
+//! by the upstream); the oldest are dropped from the bottom of the stack as they expire, by a
+//! reaper task that runs while the endpoint has idle connections.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -64,6 +65,8 @@ pub struct Conns {
     open: AtomicUsize,
     /// Signalled when a connection is checked in or closes (a request at the cap may proceed).
     freed: Notify,
+    /// A reaper task closes idle connections as they expire (changed under the `idle` lock).
+    reaping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -109,18 +112,52 @@ impl Conns {
         None
     }
 
-    fn push(&self, conn: Conn, idle_timeout: Duration) {
+    fn push(self: &Arc<Self>, conn: Conn, idle_timeout: Duration) {
         let now = Instant::now();
         {
             let mut idle = self.lock();
-            while idle.front().is_some_and(|c| {
-                now.duration_since(c.since) >= idle_timeout || c.conn.tx.is_closed()
-            }) {
-                idle.pop_front();
-            }
+            Self::expire(&mut idle, now, idle_timeout);
             idle.push_back(Idle { conn, since: now });
+            if !self.reaping.load(Ordering::Relaxed)
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                self.reaping.store(true, Ordering::Relaxed);
+                rt.spawn(Self::reap(Arc::downgrade(self), idle_timeout));
+            }
         }
         self.freed.notify_one();
+    }
+
+    /// Drops (closes) the idle connections, oldest first, that have expired or been closed.
+    fn expire(idle: &mut VecDeque<Idle>, now: Instant, idle_timeout: Duration) {
+        while idle
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= idle_timeout || c.conn.tx.is_closed())
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// Closes idle connections as they expire, while there are any, so a burst's connections
+    /// do not outlive `idle_timeout` when no further request comes (HAProxy purges its idle
+    /// server connections the same way). Ends when the set is empty; the next check-in starts
+    /// another.
+    async fn reap(conns: std::sync::Weak<Self>, idle_timeout: Duration) {
+        loop {
+            let next = {
+                let Some(c) = conns.upgrade() else { return };
+                let mut idle = c.lock();
+                Self::expire(&mut idle, Instant::now(), idle_timeout);
+                match idle.front() {
+                    Some(oldest) => oldest.since + idle_timeout,
+                    None => {
+                        c.reaping.store(false, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
     }
 
     /// Counts a connection about to be opened, unless `max` are open already (0 = no cap).

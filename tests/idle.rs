@@ -194,3 +194,32 @@ async fn http2_connections_are_not_parked_and_keep_their_streams_after_a_pause()
     }
     assert_eq!(parked(admin).await, 0);
 }
+
+#[tokio::test]
+async fn a_parked_connection_ends_at_once_when_the_gateway_drains() {
+    let env = Env::new();
+    let up = Upstream::start("shared").await;
+    // A long grace period: the drain must not wait for it to end a parked connection.
+    let yaml = env
+        .config(&up.url(), &up.url())
+        .replace("admin: {", "limits: { shutdown_grace_ms: 30000 }\nadmin: {");
+    let (_gw, running) = env.start(&yaml).await;
+    let admin = running.addr("admin").expect("admin");
+    let mut s = TcpStream::connect(running.addr("http").expect("http"))
+        .await
+        .expect("connect");
+    let mut pending = Vec::new();
+    s.write_all(request("/").as_bytes()).await.expect("write");
+    assert_eq!(response(&mut s, &mut pending).await.0, 200);
+    tokio::time::sleep(PAUSE).await;
+    assert_eq!(parked(admin).await, 1);
+    tokio::time::timeout(Duration::from_secs(10), running.shutdown())
+        .await
+        .expect("the drain ends the parked connection instead of waiting out the grace period");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+}
