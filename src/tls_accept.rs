@@ -43,9 +43,88 @@ pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfi
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(Arc::new(SnapshotClientVerifier::new(snapshot.clone())))
-        .with_cert_resolver(Arc::new(SnapshotCertResolver { snapshot }));
+        .with_cert_resolver(Arc::new(SnapshotCertResolver {
+            snapshot: snapshot.clone(),
+        }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let resumption = Arc::new(Resumption {
+        snapshot,
+        tickets: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+    });
+    config.ticketer = resumption.clone();
+    config.session_storage = resumption;
     Ok(Arc::new(config))
+}
+
+/// TLS 1.2 sessions kept for clients that resume by session ID rather than by ticket (a few
+/// hundred bytes each).
+const SESSION_CACHE: usize = 4096;
+
+/// Session resumption: stateless tickets (TLS 1.3 and 1.2; the keys are this process's own and
+/// rotate every 6 hours, so a client resumes with the replica it last spoke to) and a session
+/// cache for TLS 1.2 session IDs. A resumed handshake skips the certificate signature, the
+/// costliest step of a full one.
+///
+/// Only while no client certificate is asked for: a resumed session is not verified again, and
+/// `tls.client_auth` (whose CA a reload may change) must judge every connection, so with it on
+/// no ticket is issued or accepted and every handshake is a full one.
+struct Resumption {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+impl Resumption {
+    fn allowed(&self) -> bool {
+        self.snapshot.load().client_auth.is_none()
+    }
+}
+
+impl fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resumption")
+    }
+}
+
+impl rustls::server::ProducesTickets for Resumption {
+    fn enabled(&self) -> bool {
+        self.tickets.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.tickets.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.allowed()
+            .then(|| self.tickets.encrypt(plain))
+            .flatten()
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.allowed()
+            .then(|| self.tickets.decrypt(cipher))
+            .flatten()
+    }
+}
+
+impl rustls::server::StoresServerSessions for Resumption {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.allowed() && self.cache.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.allowed().then(|| self.cache.get(key)).flatten()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.allowed().then(|| self.cache.take(key)).flatten()
+    }
+
+    fn can_cache(&self) -> bool {
+        self.allowed() && self.cache.can_cache()
+    }
 }
 
 // === impl SnapshotClientVerifier ===

@@ -84,6 +84,31 @@ fn mtls_config(env: &Env, up: &str, ca_file: &std::path::Path, mode: &str) -> St
     .replace("sources: [sni, host]", "sources: [sni, host, client_cert]")
 }
 
+/// A client config trusting the test CA, with an optional client certificate and only the
+/// given TLS versions (all safe defaults when empty). Resumes sessions it was given.
+fn client_config(
+    env: &Env,
+    client: Option<Identity>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in env.ca() {
+        roots.add(c).expect("root");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(tenant_gateway::tls::provider());
+    let b = if versions.is_empty() {
+        b.with_safe_default_protocol_versions()
+    } else {
+        b.with_protocol_versions(versions)
+    }
+    .expect("versions")
+    .with_root_certificates(roots);
+    Arc::new(match client {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key).expect("client cert"),
+        None => b.with_no_client_auth(),
+    })
+}
+
 /// One HTTP/1.1 request over TLS with an optional client certificate; `Err` when the
 /// handshake or the exchange fails.
 async fn mtls_get(
@@ -93,27 +118,28 @@ async fn mtls_get(
     host: &str,
     client: Option<Identity>,
 ) -> Result<Got, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in env.ca() {
-        roots.add(c).expect("root");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(tenant_gateway::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let cfg = match client {
-        Some((chain, key)) => b.with_client_auth_cert(chain, key).expect("client cert"),
-        None => b.with_no_client_auth(),
-    };
+    let cfg = client_config(env, client, &[]);
+    tls_get(cfg, addr, sni, host).await.map(|(got, _)| got)
+}
+
+/// One HTTP/1.1 request over a new TLS connection made with `cfg`; also says whether the
+/// handshake was a full one or resumed a session.
+async fn tls_get(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    sni: Option<&str>,
+    host: &str,
+) -> Result<(Got, rustls::HandshakeKind), String> {
     let name: ServerName<'static> = match sni {
         Some(s) => ServerName::try_from(s.to_owned()).expect("name"),
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
@@ -125,12 +151,15 @@ async fn mtls_get(
     let (parts, body) = resp.into_parts();
     use http_body_util::BodyExt;
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Got {
-        status: parts.status,
-        headers: parts.headers,
-        version: parts.version,
-        body,
-    })
+    Ok((
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body,
+        },
+        kind,
+    ))
 }
 
 async fn metrics(admin: SocketAddr) -> String {
@@ -465,4 +494,66 @@ async fn x_forwarded_for_counts_only_from_a_trusted_peer_right_most_untrusted_en
         up.requests().pop().expect("seen").headers["x-forwarded-for"],
         "127.0.0.1"
     );
+}
+
+// === TLS session resumption ===
+
+#[tokio::test]
+async fn tls_sessions_resume_for_the_same_name_only_in_tls_1_3_and_1_2() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let env = Env::new();
+    let up = Upstream::start("up").await;
+    let (_gw, running) = env.start(&env.config(&up.url(), &up.url())).await;
+    let https = running.addr("https").expect("https");
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = client_config(&env, None, &[versions]);
+        let host = "globex.gw.test";
+        let kinds = [
+            tls_get(cfg.clone(), https, Some(host), host).await,
+            tls_get(cfg.clone(), https, Some(host), host).await,
+        ]
+        .map(|r| {
+            let (got, kind) = r.expect("served");
+            assert_eq!(got.status, StatusCode::OK);
+            kind
+        });
+        assert_eq!(kinds, [Full, Resumed], "{versions:?}");
+        let seen = up.requests().pop().expect("forwarded");
+        assert_eq!(seen.headers["x-tenant-id"], "globex", "{versions:?}");
+        // Another tenant's name does not resume globex's session (RFC 6066: the name must
+        // match), and its tenant is its own.
+        let (got, kind) = tls_get(cfg.clone(), https, Some("acme.gw.test"), "acme.gw.test")
+            .await
+            .expect("served");
+        assert_eq!((got.status, kind), (StatusCode::OK, Full), "{versions:?}");
+        let seen = up.requests().pop().expect("forwarded");
+        assert_eq!(seen.headers["x-tenant-id"], "acme", "{versions:?}");
+    }
+}
+
+#[tokio::test]
+async fn with_client_certificates_asked_for_no_session_is_resumed() {
+    let env = Env::new();
+    let pki = ClientPki::new("client CA");
+    let ca_file = env.path("client-ca.crt");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("ca");
+    let up = Upstream::start("up").await;
+    let (_gw, running) = env
+        .start(&mtls_config(&env, &up.url(), &ca_file, "optional"))
+        .await;
+    let https = running.addr("https").expect("https");
+    // A resumed session would skip the certificate check (and a reload may change the CA):
+    // every connection, with a certificate or without, is a full handshake.
+    for client in [Some(pki.leaf(SPIFFE, false)), None] {
+        for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let cfg = client_config(&env, client.as_ref().map(clone), &[versions]);
+            for _ in 0..3 {
+                let (got, kind) = tls_get(cfg.clone(), https, Some("acme.gw.test"), "acme.gw.test")
+                    .await
+                    .expect("served");
+                assert_eq!(got.status, StatusCode::OK);
+                assert_eq!(kind, rustls::HandshakeKind::Full, "{versions:?}");
+            }
+        }
+    }
 }
