@@ -23,7 +23,8 @@
 //!   [`limits`], [`cluster`], [`quota`], [`usage`], [`upstream`], [`token`] and `token::jwks`,
 //!   [`tls`] (certificate store), [`client_auth`], [`proxy_protocol`], [`conn`] (what the accept
 //!   phase learned about a connection), [`admin_access`], `config::raw`.
-//! - leaf utilities: [`body`], [`io`], [`error`], [`normalize`], [`fairshare`], [`signing`],
+//! - leaf utilities: [`body`], [`io`], [`parking`] (parked connections' shared idle sweep),
+//!   [`error`], [`normalize`], [`fairshare`], [`signing`],
 //!   [`headers`], [`devcerts`], [`files`] (bounded reads of the files a config names),
 //!   `config::errors`.
 
