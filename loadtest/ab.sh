@@ -5,6 +5,8 @@
 # Upstream: nginx (one worker, 100-byte body) on 127.0.0.1:19000 pinned to CPU 0 with wrk; the
 # gateway on CPU 1. Prints per run and the medians: req/s, p99 and the gateway's user and
 # kernel CPU ms per 10k requests (from /proc). Needs nginx, wrk, python3; loopback only.
+# GW_CPUS=0,1 runs the gateways over both cores (sharing CPU 0 with wrk and the upstream: compare
+# the two binaries' ratio, not the figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$(realpath "$1"); B=$(realpath "$2"); RUNS=${3:-5}; MODE=${4:-plain}; SECS=${5:-10}
@@ -22,7 +24,7 @@ tck=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # utime stime
 
 one() { # label bin run
-  RUST_LOG=warn taskset -c 1 "$2" run --config "$cfg" 2>> "$work/gateway-$1.log" &
+  RUST_LOG=warn taskset -c "${GW_CPUS:-1}" "$2" run --config "$cfg" 2>> "$work/gateway-$1.log" &
   local gw=$!
   for _ in $(seq 100); do curl -skf -o /dev/null -H "Host: acme.gw.test" -H "Authorization: Bearer $token" "$url" && break; sleep 0.1; done
   taskset -c 0 wrk -t1 -c64 -d2s -H "Host: acme.gw.test" -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up

@@ -260,6 +260,18 @@ impl Gateway {
 
     /// Binds every listener of the current snapshot and starts serving.
     pub async fn start(self: &Arc<Self>) -> io::Result<Running> {
+        self.start_on(&[]).await
+    }
+
+    /// As [`Gateway::start`], with every traffic listener also served on each runtime of
+    /// `workers`: one socket per runtime on the same address (`SO_REUSEPORT`; the kernel
+    /// spreads new connections over them), so each runtime accepts and serves its own
+    /// connections on its own thread. The admin listeners and background work stay on the
+    /// calling runtime.
+    pub async fn start_on(
+        self: &Arc<Self>,
+        workers: &[tokio::runtime::Handle],
+    ) -> io::Result<Running> {
         let snap = self.snapshot();
         snap.activate();
         // A Redis Cluster node is refused before anything is served (when it answers now;
@@ -274,18 +286,17 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         for spec in &snap.listeners {
-            let listener = TcpListener::bind(spec.bind).await.map_err(|e| {
+            let sockets = server::bind(spec.bind, 1 + workers.len()).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("listener {} on {}: {e}", spec.name, spec.bind),
                 )
             })?;
-            let addr = listener.local_addr()?;
-            tracing::info!(listener = %spec.name, %addr, tls = spec.tls, "listening");
+            let addr = sockets[0].local_addr()?;
+            tracing::info!(listener = %spec.name, %addr, tls = spec.tls, sockets = sockets.len(), "listening");
             listeners.push((spec.name.clone(), addr));
-            tasks.spawn(server::run(
-                listener,
-                server::ListenerCtx {
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let ctx = server::ListenerCtx {
                     name: spec.name.clone(),
                     tls: spec.tls.then(|| tls.clone()),
                     shared: self.shared.clone(),
@@ -293,9 +304,13 @@ impl Gateway {
                     proxy_protocol: spec.proxy_protocol,
                     builders: Default::default(),
                     parking: Default::default(),
-                },
-                shutdown_rx.clone(),
-            ));
+                };
+                let serve = server::run_std(socket, ctx, shutdown_rx.clone());
+                match i.checked_sub(1) {
+                    None => tasks.spawn(serve),
+                    Some(w) => tasks.spawn_on(serve, &workers[w]),
+                };
+            }
         }
         let mut admin_tasks = 0;
         if let Some(admin) = snap.admin {

@@ -108,9 +108,11 @@ fn main() -> ExitCode {
             domain,
             tenants,
         } => dev_certs(&out, &domain, &tenants),
-        Command::Run { config } => runtime(cli.workers).and_then(|rt| rt.block_on(run(&config))),
+        Command::Run { config } => {
+            runtimes(cli.workers).and_then(|(rt, workers)| rt.block_on(run(&config, &workers)))
+        }
         Command::Demo { config } => {
-            runtime(cli.workers).and_then(|rt| rt.block_on(run_demo(&config)))
+            runtimes(cli.workers).and_then(|(rt, workers)| rt.block_on(run_demo(&config, &workers)))
         }
     };
     match result {
@@ -138,25 +140,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// One worker is a current-thread runtime: no work-stealing queues and no cross-thread
-/// wake-ups, about a quarter less CPU per request than a one-worker multi-thread runtime
-/// (`loadtest/README.md`). The default is one worker per core the process may run on (so a
-/// gateway pinned to one core with `taskset` gets the current-thread runtime).
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The async runtimes: one per worker (by default one per core the process may run on), each a
+/// current-thread runtime on its own thread, with no work-stealing queues and no cross-thread
+/// wake-ups (about a quarter less CPU per request than a one-worker multi-thread runtime,
+/// docs/performance.md). The first is the main one: it also runs the admin API, reloads and
+/// background work. Each traffic listener has one socket per runtime (`SO_REUSEPORT`), so a
+/// connection is accepted and served on one thread from start to end, as in nginx's workers.
+fn runtimes(
+    workers: Option<usize>,
+) -> anyhow::Result<(tokio::runtime::Runtime, Vec<tokio::runtime::Handle>)> {
     let n = workers
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut builder = if n == 1 {
+    let build = || {
         tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(n);
-        b
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
     };
-    builder
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    let main = build()?;
+    let mut others = Vec::with_capacity(n - 1);
+    for i in 1..n {
+        let rt = build()?;
+        others.push(rt.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{i}"))
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .context("cannot start a worker thread")?;
+    }
+    Ok((main, others))
 }
 
 fn check(path: &Path, explain: bool) -> ExitCode {
@@ -330,10 +342,10 @@ fn load_gateway(path: &Path) -> anyhow::Result<Arc<Gateway>> {
         .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", path.display()))
 }
 
-async fn run(path: &Path) -> anyhow::Result<()> {
+async fn run(path: &Path, workers: &[tokio::runtime::Handle]) -> anyhow::Result<()> {
     let gw = load_gateway(path)?;
     log_open_files(gw.snapshot().limits.max_connections as u64);
-    let running = gw.start().await?;
+    let running = gw.start_on(workers).await?;
     let _watch = tenant_gateway::watch::spawn(gw.clone())
         .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; reload with SIGHUP or POST /reload"))
         .ok();
@@ -387,7 +399,7 @@ async fn serve_until_signalled(gw: Arc<Gateway>, running: Running) -> anyhow::Re
     Ok(())
 }
 
-async fn run_demo(path: &Path) -> anyhow::Result<()> {
+async fn run_demo(path: &Path, workers: &[tokio::runtime::Handle]) -> anyhow::Result<()> {
     let certs = Path::new("certs");
     let domain = "gw.localhost";
     if demo::ensure_certs(certs, domain, &["acme".into(), "globex".into()])? {
@@ -420,7 +432,7 @@ async fn run_demo(path: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    let running = gw.start().await?;
+    let running = gw.start_on(workers).await?;
     let http = running
         .addr("http")
         .context("demo config needs a listener named http")?;

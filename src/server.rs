@@ -70,6 +70,44 @@ impl ListenerCtx {
     }
 }
 
+/// `n` listening sockets on `addr` (all on the port the first one got, when `addr` asks for
+/// port 0). With more than one, each has `SO_REUSEPORT`, and the kernel spreads new connections
+/// over them by their address hash (nginx's `reuseport`). Returned as std sockets, so each is
+/// registered with the runtime that serves it ([`run_std`]).
+pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut sockets = Vec::with_capacity(n.max(1));
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        let listener = std::net::TcpListener::from(socket);
+        at = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// [`run`] on a socket from [`bind`], registered with the runtime this runs on.
+pub async fn run_std(
+    socket: std::net::TcpListener,
+    ctx: ListenerCtx,
+    shutdown: watch::Receiver<bool>,
+) {
+    match TcpListener::from_std(socket) {
+        Ok(listener) => run(listener, ctx, shutdown).await,
+        Err(e) => {
+            tracing::error!(listener = %ctx.name, error = %e, "cannot serve the listener's socket")
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then drains within `limits.shutdown_grace_ms`.
 pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::Receiver<bool>) {
     let ctx = Arc::new(ctx);

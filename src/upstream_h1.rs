@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -59,14 +59,34 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// An endpoint's HTTP/1.1 connections (runtime state: kept across reloads with the endpoint).
 #[derive(Debug, Default)]
 pub struct Conns {
-    /// Idle connections, oldest first; checked out from the back.
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections, one stack per worker thread (a connection's task runs on the worker
+    /// that opened it, so a request reusing a connection of its own worker needs no wake-up
+    /// across threads). A worker whose stack is empty takes from another before it connects.
+    stacks: [Mutex<Stack>; STACKS],
     /// Open connections, idle or busy (and those being opened).
     open: AtomicUsize,
     /// Signalled when a connection is checked in or closes (a request at the cap may proceed).
     freed: Notify,
-    /// A reaper task closes idle connections as they expire (changed under the `idle` lock).
-    reaping: AtomicBool,
+}
+
+/// Idle stacks per endpoint; worker threads beyond this many share them.
+const STACKS: usize = 8;
+
+/// The idle stack of the calling thread.
+fn own_stack() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STACK: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STACKS;
+    }
+    STACK.with(|s| *s)
+}
+
+#[derive(Debug, Default)]
+struct Stack {
+    /// Oldest first; checked out from the back.
+    idle: VecDeque<Idle>,
+    /// A reaper task closes this stack's connections as they expire.
+    reaping: bool,
 }
 
 #[derive(Debug)]
@@ -91,38 +111,42 @@ impl Conns {
 
     /// Idle connections waiting for a request (some may have been closed by the upstream since).
     pub fn idle(&self) -> usize {
-        self.lock().len()
+        (0..STACKS).map(|i| self.lock(i).idle.len()).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self, stack: usize) -> std::sync::MutexGuard<'_, Stack> {
+        self.stacks[stack].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection still fresh enough; expired ones are dropped
-    /// (which closes them).
+    /// The most recently used idle connection still fresh enough, from this thread's stack if
+    /// it has one, else from another; expired ones are dropped (which closes them).
     fn pop(&self, idle_timeout: Duration) -> Option<Conn> {
-        let mut idle = self.lock();
-        while let Some(c) = idle.pop_back() {
-            if c.since.elapsed() < idle_timeout && !c.conn.tx.is_closed() {
-                return Some(c.conn);
+        let own = own_stack();
+        (0..STACKS).find_map(|i| {
+            let mut stack = self.lock((own + i) % STACKS);
+            while let Some(c) = stack.idle.pop_back() {
+                if c.since.elapsed() < idle_timeout && !c.conn.tx.is_closed() {
+                    return Some(c.conn);
+                }
+                // Expired: so are all older ones below it.
+                stack.idle.clear();
             }
-            // Expired: so are all older ones below it.
-            idle.clear();
-        }
-        None
+            None
+        })
     }
 
     fn push(self: &Arc<Self>, conn: Conn, idle_timeout: Duration) {
         let now = Instant::now();
         {
-            let mut idle = self.lock();
-            Self::expire(&mut idle, now, idle_timeout);
-            idle.push_back(Idle { conn, since: now });
-            if !self.reaping.load(Ordering::Relaxed)
+            let own = own_stack();
+            let mut stack = self.lock(own);
+            Self::expire(&mut stack.idle, now, idle_timeout);
+            stack.idle.push_back(Idle { conn, since: now });
+            if !stack.reaping
                 && let Ok(rt) = tokio::runtime::Handle::try_current()
             {
-                self.reaping.store(true, Ordering::Relaxed);
-                rt.spawn(Self::reap(Arc::downgrade(self), idle_timeout));
+                stack.reaping = true;
+                rt.spawn(Self::reap(Arc::downgrade(self), own, idle_timeout));
             }
         }
         self.freed.notify_one();
@@ -138,20 +162,20 @@ impl Conns {
         }
     }
 
-    /// Closes idle connections as they expire, while there are any, so a burst's connections
-    /// do not outlive `idle_timeout` when no further request comes (HAProxy purges its idle
-    /// server connections the same way). Ends when the set is empty; the next check-in starts
-    /// another.
-    async fn reap(conns: std::sync::Weak<Self>, idle_timeout: Duration) {
+    /// Closes a stack's idle connections as they expire, while there are any, so a burst's
+    /// connections do not outlive `idle_timeout` when no further request comes (HAProxy purges
+    /// its idle server connections the same way). Ends when the stack is empty; the next
+    /// check-in starts another.
+    async fn reap(conns: std::sync::Weak<Self>, stack: usize, idle_timeout: Duration) {
         loop {
             let next = {
                 let Some(c) = conns.upgrade() else { return };
-                let mut idle = c.lock();
-                Self::expire(&mut idle, Instant::now(), idle_timeout);
-                match idle.front() {
+                let mut s = c.lock(stack);
+                Self::expire(&mut s.idle, Instant::now(), idle_timeout);
+                match s.idle.front() {
                     Some(oldest) => oldest.since + idle_timeout,
                     None => {
-                        c.reaping.store(false, Ordering::Relaxed);
+                        s.reaping = false;
                         return;
                     }
                 }

@@ -263,3 +263,56 @@ async fn drain_finishes_in_flight_requests_and_readyz_turns_503() {
         .expect("drain ends")
         .expect("join");
 }
+
+/// Listening sockets on `port` (from /proc/net/tcp: state 0A is LISTEN).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn worker_runtimes_accept_on_their_own_sockets_and_drain_together() {
+    let env = Env::new();
+    let up = Upstream::start("shared").await;
+    let path = env.write_config(&env.config(&up.url(), &up.url()));
+    let gw = tenant_gateway::gateway::Gateway::from_file(&path).expect("config");
+    // Two more current-thread runtimes on their own threads, as `--workers 3` makes them.
+    let workers: Vec<tokio::runtime::Handle> = (0..2)
+        .map(|_| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+            handle
+        })
+        .collect();
+    let running = gw.start_on(&workers).await.expect("start");
+    let addr = running.addr("http").expect("http");
+    assert_eq!(listening_sockets(addr.port()), 3, "one socket per runtime");
+    // Fresh connections are spread over the three sockets by the kernel (by address hash):
+    // every one is served, so every runtime accepts and serves its own.
+    for i in 0..60 {
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            h1(addr, get("globex.gw.test", &format!("/{i}"))),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert_eq!(up.requests().len(), 60);
+    tokio::time::timeout(Duration::from_secs(10), running.shutdown())
+        .await
+        .expect("every runtime's listener drains");
+    assert_eq!(listening_sockets(addr.port()), 0, "all sockets closed");
+}
