@@ -60,12 +60,24 @@ fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
     out
 }
 
+/// Whether an event can mean changed contents. Reads are not: the fingerprint reads every
+/// watched file, and counting its own reads kept the watcher re-reading them several times a
+/// second for as long as the gateway ran. A file closed after writing is.
+fn changes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Starts watching; reloads `gw` when a watched file changes.
 pub fn spawn(gw: Arc<Gateway>) -> notify::Result<WatchHandle> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher: RecommendedWatcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if res.is_ok_and(|e| changes(&e.kind)) {
                 let _ = tx.send(());
             }
         })?;
@@ -117,4 +129,33 @@ pub fn spawn(gw: Arc<Gateway>) -> notify::Result<WatchHandle> {
         drop(watcher);
     });
     Ok(WatchHandle(task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes;
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_and_writes_renames_and_removals_are() {
+        for read in [
+            AccessKind::Any,
+            AccessKind::Read,
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Close(AccessMode::Read),
+        ] {
+            assert!(!changes(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(changes(&change), "{change:?}");
+        }
+    }
 }
