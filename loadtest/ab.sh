@@ -41,7 +41,7 @@ reqs = int(re.search(r"(\d+) requests in", t).group(1))
 def ms(v):
     n, u = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
-p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))  # not "+/- Stdev 90.99%"
 per = 10000 / reqs * 1000 / int(tck)
 print(f"{label},{run},{rps:.0f},{p99:.3f},{int(du) * per:.1f},{int(ds) * per:.1f}")
 PY
