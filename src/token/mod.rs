@@ -708,5 +708,150 @@ mod tests {
                 .expect("v"),
         );
         assert_eq!(TokenAuth::bearer(&h), Err(GatewayError::InvalidToken));
+        // The cap is 8 KiB of header value, inclusive.
+        let token = "a".repeat(8 * 1024 - "Bearer ".len());
+        h.insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("v"),
+        );
+        assert_eq!(TokenAuth::bearer(&h), Ok(Some(token.as_str())));
+        h.insert(
+            "authorization",
+            format!("Bearer {token}a").parse().expect("v"),
+        );
+        assert_eq!(TokenAuth::bearer(&h), Err(GatewayError::InvalidToken));
+    }
+
+    #[test]
+    fn every_configurable_algorithm_parses_to_itself_and_nothing_else_does() {
+        use Algorithm::*;
+        for (name, alg) in [
+            ("HS256", HS256),
+            ("HS384", HS384),
+            ("HS512", HS512),
+            ("RS256", RS256),
+            ("RS384", RS384),
+            ("RS512", RS512),
+            ("PS256", PS256),
+            ("PS384", PS384),
+            ("PS512", PS512),
+            ("ES256", ES256),
+            ("ES384", ES384),
+            ("EdDSA", EdDSA),
+        ] {
+            assert_eq!(parse_algorithm(name), Some(alg), "{name}");
+        }
+        for name in ["none", "None", "hs256", "HS256 ", "ES512", "RS", ""] {
+            assert_eq!(parse_algorithm(name), None, "{name:?}");
+        }
+    }
+
+    /// A checker of HS256 tokens with a `tenant` claim and the given static keys.
+    fn hs_auth(keys: &[(&str, &[u8])], jwks: bool) -> TokenAuth {
+        TokenAuth::new(
+            "tenant",
+            vec![Algorithm::HS256],
+            base_validation(None, None, 0),
+            keys.iter()
+                .map(|(kid, secret)| (kid.to_string(), DecodingKey::from_secret(secret)))
+                .collect(),
+            jwks.then(|| (PathBuf::from("/nonexistent/jwks.json"), HashMap::new())),
+            Vec::new(),
+        )
+        .expect("token auth")
+    }
+
+    fn hs_token(kid: Option<&str>, secret: &[u8]) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 300;
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({ "tenant": "acme", "exp": exp }),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .expect("sign")
+    }
+
+    #[test]
+    fn a_token_without_kid_verifies_only_against_a_single_static_key() {
+        let (a, b): (&[u8], &[u8]) = (
+            b"secret-a-0123456789abcdef0123456",
+            b"secret-b-0123456789abcdef0123456",
+        );
+        // One static key, nothing else: unambiguous.
+        let one = hs_auth(&[("a", a)], false);
+        assert_eq!(
+            one.verify(&hs_token(None, a)).map(|c| c.tenant),
+            Ok("acme".into())
+        );
+        assert_eq!(
+            one.verify(&hs_token(None, b)),
+            Err(GatewayError::InvalidToken)
+        );
+        // Two keys, or a JWKS besides: which key is meant is not said, so no key is tried,
+        // even the one that signed it.
+        let two = hs_auth(&[("a", a), ("b", b)], false);
+        for secret in [a, b] {
+            assert_eq!(
+                two.verify(&hs_token(None, secret)),
+                Err(GatewayError::InvalidToken)
+            );
+        }
+        assert_eq!(
+            two.verify(&hs_token(Some("b"), b)).map(|c| c.tenant),
+            Ok("acme".into())
+        );
+        let with_jwks = hs_auth(&[("a", a)], true);
+        assert_eq!(
+            with_jwks.verify(&hs_token(None, a)),
+            Err(GatewayError::InvalidToken)
+        );
+        assert_eq!(
+            with_jwks.verify(&hs_token(Some("a"), a)).map(|c| c.tenant),
+            Ok("acme".into())
+        );
+    }
+
+    #[test]
+    fn a_key_source_reports_its_last_good_read_and_its_last_error() {
+        let s = SourceStatus::default();
+        assert_eq!(
+            s.json(),
+            serde_json::json!({ "last_ok": null, "last_error": null })
+        );
+        let s = SourceStatus::ok_now();
+        assert!(
+            s.json()["last_ok"]
+                .as_u64()
+                .is_some_and(|t| t > 1_700_000_000)
+        );
+        s.failed("connection refused");
+        let j = s.json();
+        assert!(j["last_ok"].is_u64(), "a failure keeps the last good read");
+        assert_eq!(j["last_error"], "connection refused");
+        s.succeeded();
+        assert_eq!(s.json()["last_error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn key_sources_list_the_static_keys_and_the_jwks_file() {
+        assert!(
+            hs_auth(&[], true)
+                .key_sources()
+                .iter()
+                .all(|v| v["source"] != "keys")
+        );
+        let sources = hs_auth(&[("b", b"x"), ("a", b"y")], true).key_sources();
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[0]["source"], "keys");
+        assert_eq!(sources[0]["kids"], serde_json::json!(["a", "b"]));
+        assert_eq!(sources[0]["keys"], 2);
+        assert_eq!(sources[1]["source"], "jwks_file");
+        assert_eq!(sources[1]["path"], "/nonexistent/jwks.json");
     }
 }
