@@ -120,10 +120,8 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         tokio::spawn(async move {
             let tick = || {
                 let limits = shared.snapshot().limits;
-                (limits.idle_timeout.min(limits.header_timeout) / 4).clamp(
-                    std::time::Duration::from_millis(10),
-                    std::time::Duration::from_secs(1),
-                )
+                check_every(parked_limit(limits.idle_timeout, limits.header_timeout))
+                    .min(std::time::Duration::from_secs(1))
             };
             parking.sweep(tick, drain).await
         })
@@ -258,13 +256,24 @@ impl Drop for ConnSlot {
 /// times per period). HTTP/1.1 keep-alive connections are also closed by hyper's header-read
 /// timer, which starts when it waits for the next request.
 async fn idle(conn: &ConnInfo, limit: std::time::Duration) {
-    let tick = (limit / 4).max(std::time::Duration::from_millis(10));
+    let tick = check_every(limit);
     loop {
         tokio::time::sleep(tick).await;
         if conn.idle_for() >= limit {
             return;
         }
     }
+}
+
+/// How often an idle limit is checked: a few times per period, at most every 10 ms.
+fn check_every(limit: std::time::Duration) -> std::time::Duration {
+    (limit / 4).max(std::time::Duration::from_millis(10))
+}
+
+/// How long a connection may wait for its next request: the idle timeout, bounded by the
+/// header timeout as hyper bounds it.
+fn parked_limit(idle: std::time::Duration, header: std::time::Duration) -> std::time::Duration {
+    idle.min(header)
 }
 
 /// A connection's serving loop, boxed (see [`serve`]).
@@ -580,8 +589,7 @@ async fn serve<S: Waiting>(
 ) -> Result<(), BoxError> {
     let (gw, parking) = (&ctx.shared, &*ctx.parking);
     let home: Home<S> = Arc::default();
-    // Waiting for the next request is bounded by the header timeout too, as hyper bounds it.
-    let parked_limit = idle_limit.min(header_timeout);
+    let parked_limit = parked_limit(idle_limit, header_timeout);
     let closed_idle = |gw: &Shared, conn: &ConnInfo| {
         tracing::debug!(remote = %conn.remote, "idle connection closed");
         Metrics::count(&gw.metrics().connections_closed, "reason", "idle");
