@@ -351,6 +351,26 @@ fn header_rewrite(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // What a bodiless GET pays on a reused upstream connection so that it can be sent again:
+    // the forwarded head's copy, made and dropped.
+    let mut forwarded = Request::new(()).into_parts().0;
+    forwarded.uri = template.uri.clone();
+    forwarded.headers = template.headers.clone();
+    rewrite_request_head(&snap, &conn, &fwd, &mut forwarded).expect("rewrite");
+    let mut g = c.benchmark_group("replay_copy");
+    g.bench_function("header_map_clone", |b| {
+        b.iter(|| black_box(forwarded.headers.clone()))
+    });
+    g.bench_function("replay", |b| {
+        b.iter(|| {
+            black_box(tenant_gateway::upstream_h1::Replay::new(
+                &forwarded.method,
+                &forwarded.uri,
+                &forwarded.headers,
+            ))
+        })
+    });
+    g.finish();
 }
 
 /// One admission through a tenant's GCRA limiter (never refused here), including the

@@ -63,5 +63,13 @@ for lab in ("A", "B"):
     m = med[lab]
     print(f"{lab}: req/s {m['rps']:.0f}  p99 {m['p99_ms']:.2f} ms  user {m['user_ms_10k']:.1f} + kernel {m['kernel_ms_10k']:.1f} ms per 10k  (median of {len(g)})")
 print(f"B/A: req/s x{med['B']['rps'] / med['A']['rps']:.3f}, user CPU x{med['B']['user_ms_10k'] / med['A']['user_ms_10k']:.3f}, kernel x{med['B']['kernel_ms_10k'] / med['A']['kernel_ms_10k']:.3f}")
+# Each B run against the A run just before it: robust to the machine drifting during the series.
+pairs = {r["run"]: {} for r in rows}
+for r in rows:
+    pairs[r["run"]][r["label"]] = r
+pairs = [p for p in pairs.values() if len(p) == 2]
+def pr(k):
+    return st.median(float(p["B"][k]) / float(p["A"][k]) for p in pairs)
+print(f"B/A run by run (median of {len(pairs)} pairs): req/s x{pr('rps'):.3f}, user CPU x{pr('user_ms_10k'):.3f}, kernel x{pr('kernel_ms_10k'):.3f}")
 PY
 echo "results: $OUT"

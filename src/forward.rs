@@ -202,8 +202,7 @@ pub async fn forward(
     let retry =
         (pool.retry_connect_failure && replayable && pool.endpoints().len() > 1).then(|| {
             (
-                parts.method.clone(),
-                parts.headers.clone(),
+                crate::upstream_h1::Replay::new(&parts.method, &parts.uri, &parts.headers),
                 parts.extensions.clone(),
             )
         });
@@ -266,16 +265,15 @@ pub async fn forward(
                 }
                 tracing::warn!(upstream = %pool.name, endpoint = %endpoint.authority, error = %failure, "upstream request failed");
                 match (&retry, connect && !retried) {
-                    (Some((method, headers, extensions)), true) => {
+                    (Some((replay, extensions)), true)
+                        if let Some(mut again) = replay.request() =>
+                    {
                         retried = true;
                         (endpoint, in_flight) = pool.pick_except(Some(&endpoint)).ok_or(
                             GatewayError::UpstreamUnavailable(UpstreamFailure::NoEndpoint),
                         )?;
-                        let mut again = Request::new(body::full(Bytes::new()));
-                        *again.method_mut() = method.clone();
                         *again.uri_mut() = endpoint_uri(&endpoint, &target, lean)?;
                         *again.version_mut() = endpoint_version(&endpoint);
-                        *again.headers_mut() = headers.clone();
                         *again.extensions_mut() = extensions.clone();
                         upstream_req = again;
                         tracing::debug!(endpoint = %endpoint.authority, "retrying on another endpoint after a connect failure");
@@ -384,11 +382,7 @@ async fn send(
         });
     }
     let replay = |req: &Request<ProxyBody>| {
-        replayable.then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        })
+        replayable.then(|| Replay::new(req.method(), req.uri(), req.headers()))
     };
     let target = crate::upstream_h1::Target {
         authority: &endpoint.authority,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -92,8 +93,21 @@ impl TenantLimiter {
     }
 }
 
+/// `"tenant";r=<remaining>;t=<reset>`, written without the formatting machinery: it is on
+/// every limited response.
 pub(crate) fn ratelimit_value(remaining: u32, reset_secs: u64) -> HeaderValue {
-    HeaderValue::try_from(format!("\"tenant\";r={remaining};t={reset_secs}"))
+    const NAME: &[u8] = b"\"tenant\";r=";
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (
+        r.format(remaining).as_bytes(),
+        t.format(reset_secs).as_bytes(),
+    );
+    let mut v = Vec::with_capacity(NAME.len() + r.len() + 3 + t.len());
+    v.extend_from_slice(NAME);
+    v.extend_from_slice(r);
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(t);
+    HeaderValue::from_maybe_shared(Bytes::from(v))
         .unwrap_or_else(|_| HeaderValue::from_static("\"tenant\";r=0;t=1"))
 }
 
@@ -449,6 +463,15 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratelimit_value_spells_both_numbers_at_their_extremes() {
+        assert_eq!(ratelimit_value(0, 0), "\"tenant\";r=0;t=0");
+        assert_eq!(
+            ratelimit_value(u32::MAX, u64::MAX),
+            "\"tenant\";r=4294967295;t=18446744073709551615"
+        );
+    }
 
     #[test]
     fn burst_then_refuse_with_a_computed_retry_after() {

@@ -776,11 +776,23 @@ async fn idempotent_requests_are_retried_once_on_connect_failure_and_posts_never
     let (_gw, running) = env.start(&yaml).await;
     let http = running.addr("http").expect("http");
     for i in 0..10 {
+        let get = http::Request::get(format!("/get/{i}"))
+            .header("host", "globex.gw.test")
+            .header("accept", "text/html")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
         assert_eq!(
-            status(http, "globex.gw.test", &format!("/get/{i}")).await,
+            h1(http, get).await.status,
             StatusCode::OK,
             "GET {i} retried on the live endpoint"
         );
+    }
+    // Retried or not, each arrives whole: both `accept` values, signed.
+    for seen in up.requests() {
+        let accept: Vec<_> = seen.headers.get_all("accept").iter().collect();
+        assert_eq!(accept, ["text/html", "application/json"], "{}", seen.path);
+        assert!(seen.headers.contains_key("x-tenant-signature"));
     }
     let mut posts = Vec::new();
     for i in 0..10 {
