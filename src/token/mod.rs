@@ -453,14 +453,15 @@ impl TokenAuth {
     }
 }
 
-/// Reads the JWKS file again; on success installs the new set and forgets the tokens verified
-/// with keys that are gone. A file that fails to read or parse keeps the last good set.
+/// Adds the fields of the object `from` to the object `into`.
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
         a.extend(b);
     }
 }
 
+/// Reads the JWKS file again; on success installs the new set and forgets the tokens verified
+/// with keys that are gone. A file that fails to read or parse keeps the last good set.
 fn reread_jwks(jwks: &JwksFile, cache: &TokenCache, base: &Validation, allowed: &[Algorithm]) {
     match crate::files::read_text(&jwks.path)
         .map_err(|e| e.to_string())
@@ -762,19 +763,106 @@ mod tests {
     }
 
     fn hs_token(kid: Option<&str>, secret: &[u8]) -> String {
+        hs_token_with(kid, secret, serde_json::json!({ "tenant": "acme" }))
+    }
+
+    /// A token with `claims` and an `exp` five minutes ahead.
+    fn hs_token_with(kid: Option<&str>, secret: &[u8], mut claims: Value) -> String {
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = kid.map(str::to_owned);
-        let exp = std::time::SystemTime::now()
+        claims["exp"] = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_secs()
-            + 300;
+            + 300)
+            .into();
         jsonwebtoken::encode(
             &header,
-            &serde_json::json!({ "tenant": "acme", "exp": exp }),
+            &claims,
             &jsonwebtoken::EncodingKey::from_secret(secret),
         )
         .expect("sign")
+    }
+
+    #[test]
+    fn the_tenant_claim_must_be_a_non_empty_string() {
+        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let auth = hs_auth(&[("a", secret)], false);
+        for tenant in [
+            serde_json::json!(""),
+            serde_json::json!(7),
+            serde_json::json!(null),
+            serde_json::json!(["acme"]),
+        ] {
+            let token = hs_token_with(Some("a"), secret, serde_json::json!({ "tenant": tenant }));
+            assert_eq!(
+                auth.verify(&token),
+                Err(GatewayError::InvalidToken),
+                "{tenant}"
+            );
+        }
+        let none = hs_token_with(Some("a"), secret, serde_json::json!({ "sub": "u1" }));
+        assert_eq!(auth.verify(&none), Err(GatewayError::InvalidToken));
+    }
+
+    #[test]
+    fn forwarded_claims_carry_strings_numbers_and_booleans_only() {
+        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let mut auth = hs_auth(&[("a", secret)], false);
+        auth.forward_claims = ["plan", "seats", "beta", "roles", "org"]
+            .iter()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    HeaderName::from_bytes(format!("x-claim-{c}").as_bytes()).expect("name"),
+                )
+            })
+            .collect();
+        let token = hs_token_with(
+            Some("a"),
+            secret,
+            serde_json::json!({ "tenant": "acme", "plan": "pro", "seats": 42, "beta": true,
+                "roles": ["admin"], "org": { "id": 1 } }),
+        );
+        let claims = auth.verify(&token).expect("verified");
+        let got: Vec<(&str, &str)> = claims
+            .forwarded
+            .iter()
+            .map(|(h, v)| (h.as_str(), v.to_str().expect("ascii")))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x-claim-plan", "pro"),
+                ("x-claim-seats", "42"),
+                ("x-claim-beta", "true")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_cache_holds_one_entry_per_verified_token() {
+        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let auth = hs_auth(&[("a", secret)], false);
+        assert_eq!(auth.cache_len(), 0);
+        assert!(auth.cache.is_empty());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        for sub in ["u1", "u2", "u1"] {
+            let token = hs_token_with(
+                Some("a"),
+                secret,
+                serde_json::json!({ "tenant": "acme", "sub": sub }),
+            );
+            assert!(auth.authenticate(&token, now).is_ok());
+        }
+        assert_eq!(auth.cache_len(), 2);
+        assert!(!auth.cache.is_empty());
+        auth.cache.clear();
+        assert_eq!(auth.cache_len(), 0);
+        assert!(auth.cache.is_empty());
     }
 
     #[test]
@@ -818,6 +906,86 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_kid_rereads_the_jwks_file_at_once_then_at_most_once_per_interval() {
+        use base64::Engine as _;
+        let (a, b): (&[u8], &[u8]) = (
+            b"secret-a-0123456789abcdef0123456",
+            b"secret-b-0123456789abcdef0123456",
+        );
+        let jwk = |kid: &str, secret: &[u8]| {
+            serde_json::json!({ "kty": "oct", "alg": "HS256", "kid": kid,
+                "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret) })
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwks.json");
+        let write = |keys: Vec<serde_json::Value>| {
+            std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).expect("write")
+        };
+        write(vec![jwk("a", a)]);
+        let (base, allowed) = (base_validation(None, None, 0), vec![Algorithm::HS256]);
+        let keys = jwks_keys(
+            &std::fs::read_to_string(&path).expect("read"),
+            &base,
+            &allowed,
+        )
+        .expect("jwks");
+        let auth = TokenAuth::new(
+            "tenant",
+            allowed,
+            base,
+            Vec::new(),
+            Some((path.clone(), keys)),
+            Vec::new(),
+        )
+        .expect("token auth");
+        let rereads = || {
+            auth.jwks
+                .as_ref()
+                .expect("jwks")
+                .generation
+                .load(Ordering::Relaxed)
+        };
+        assert!(auth.verify(&hs_token(Some("a"), a)).is_ok());
+        assert_eq!(rereads(), 0, "a known kid reads nothing");
+        // The first unknown kid re-reads at once (outside a runtime: before returning).
+        assert_eq!(
+            auth.verify(&hs_token(Some("b"), b)),
+            Err(GatewayError::InvalidToken)
+        );
+        assert_eq!(rereads(), 1);
+        // The provider adds the key: within the interval, unknown kids read nothing more.
+        write(vec![jwk("a", a), jwk("b", b)]);
+        for _ in 0..3 {
+            assert_eq!(
+                auth.verify(&hs_token(Some("b"), b)),
+                Err(GatewayError::InvalidToken)
+            );
+        }
+        assert_eq!(
+            rereads(),
+            1,
+            "at most one re-read per JWKS_REFRESH_INTERVAL"
+        );
+        // Once the interval has passed, the next unknown kid reads the file and the key is in.
+        *auth
+            .jwks
+            .as_ref()
+            .expect("jwks")
+            .last_read
+            .lock()
+            .expect("lock") -= JWKS_REFRESH_INTERVAL;
+        assert_eq!(
+            auth.verify(&hs_token(Some("b"), b)),
+            Err(GatewayError::InvalidToken)
+        );
+        assert_eq!(rereads(), 2);
+        assert_eq!(
+            auth.verify(&hs_token(Some("b"), b)).map(|c| c.tenant),
+            Ok("acme".into())
+        );
+    }
+
+    #[test]
     fn a_key_source_reports_its_last_good_read_and_its_last_error() {
         let s = SourceStatus::default();
         assert_eq!(
@@ -853,5 +1021,8 @@ mod tests {
         assert_eq!(sources[0]["keys"], 2);
         assert_eq!(sources[1]["source"], "jwks_file");
         assert_eq!(sources[1]["path"], "/nonexistent/jwks.json");
+        // With the file's read status.
+        assert!(sources[1]["last_ok"].is_u64(), "{}", sources[1]);
+        assert_eq!(sources[1]["last_error"], serde_json::Value::Null);
     }
 }
