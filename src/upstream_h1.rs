@@ -244,7 +244,9 @@ pub struct Target<'a> {
 /// The fields are copied into one buffer, `name:value\n` each in order, rather than the
 /// `HeaderMap` cloned: it is taken for nearly every proxied GET and used almost never, and one
 /// copy costs less than half of the clone (no per-field reference counts; `benches/hot_path.rs`,
-/// `replay_copy`). A name never holds `:` and a value never `\n`, so it reads back exactly.
+/// `replay_copy`). A name never holds `:` or `=` and a value never `\n`, so it reads back
+/// exactly; a value marked sensitive (never indexed by HPACK) is written `name=value` and stays
+/// sensitive.
 pub struct Replay {
     method: http::Method,
     uri: http::Uri,
@@ -260,7 +262,7 @@ impl Replay {
         let mut fields = Vec::with_capacity(size);
         for (name, value) in headers {
             fields.extend_from_slice(name.as_str().as_bytes());
-            fields.push(b':');
+            fields.push(if value.is_sensitive() { b'=' } else { b':' });
             fields.extend_from_slice(value.as_bytes());
             fields.push(b'\n');
         }
@@ -279,11 +281,10 @@ impl Replay {
         *req.uri_mut() = self.uri.clone();
         let headers = req.headers_mut();
         for line in self.fields.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let colon = memchr::memchr(b':', line)?;
-            headers.append(
-                http::HeaderName::from_bytes(&line[..colon]).ok()?,
-                http::HeaderValue::from_bytes(&line[colon + 1..]).ok()?,
-            );
+            let at = memchr::memchr2(b':', b'=', line)?;
+            let mut value = http::HeaderValue::from_bytes(&line[at + 1..]).ok()?;
+            value.set_sensitive(line[at] == b'=');
+            headers.append(http::HeaderName::from_bytes(&line[..at]).ok()?, value);
         }
         Some(req)
     }
@@ -589,5 +590,42 @@ impl Body for Returning {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_reads_back_every_field_in_order_with_its_sensitivity() {
+        let mut headers = http::HeaderMap::new();
+        let mut secret = http::HeaderValue::from_static("Bearer a=b:c");
+        secret.set_sensitive(true);
+        headers.append("accept", "text/html".parse().expect("value"));
+        headers.append("authorization", secret);
+        headers.append("accept", "application/json".parse().expect("value"));
+        headers.append("x-note", "k=v: w\t x".parse().expect("value"));
+        headers.append("x-empty", http::HeaderValue::from_static(""));
+        let uri: http::Uri = "/a/b?c=d".parse().expect("uri");
+        let req = Replay::new(&http::Method::HEAD, &uri, &headers)
+            .request()
+            .expect("reads back");
+        assert_eq!(req.method(), http::Method::HEAD);
+        assert_eq!(req.uri(), &uri);
+        assert_eq!(req.headers(), &headers);
+        let fields: Vec<_> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes(), v.is_sensitive()))
+            .collect();
+        let want: Vec<(&str, &[u8], bool)> = vec![
+            ("accept", b"text/html", false),
+            ("accept", b"application/json", false),
+            ("authorization", b"Bearer a=b:c", true),
+            ("x-note", b"k=v: w\t x", false),
+            ("x-empty", b"", false),
+        ];
+        assert_eq!(fields, want);
     }
 }
