@@ -762,6 +762,17 @@ mod tests {
         .expect("token auth")
     }
 
+    /// Two HS256 secrets for the tests' static keys.
+    const A: &[u8] = b"secret-a-0123456789abcdef0123456";
+    const B: &[u8] = b"secret-b-0123456789abcdef0123456";
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
     fn hs_token(kid: Option<&str>, secret: &[u8]) -> String {
         hs_token_with(kid, secret, serde_json::json!({ "tenant": "acme" }))
     }
@@ -770,12 +781,7 @@ mod tests {
     fn hs_token_with(kid: Option<&str>, secret: &[u8], mut claims: Value) -> String {
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = kid.map(str::to_owned);
-        claims["exp"] = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-            + 300)
-            .into();
+        claims["exp"] = (now_secs() + 300).into();
         jsonwebtoken::encode(
             &header,
             &claims,
@@ -786,7 +792,7 @@ mod tests {
 
     #[test]
     fn the_tenant_claim_must_be_a_non_empty_string() {
-        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let secret = A;
         let auth = hs_auth(&[("a", secret)], false);
         for tenant in [
             serde_json::json!(""),
@@ -807,7 +813,7 @@ mod tests {
 
     #[test]
     fn forwarded_claims_carry_strings_numbers_and_booleans_only() {
-        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let secret = A;
         let mut auth = hs_auth(&[("a", secret)], false);
         auth.forward_claims = ["plan", "seats", "beta", "roles", "org"]
             .iter()
@@ -842,14 +848,11 @@ mod tests {
 
     #[test]
     fn the_cache_holds_one_entry_per_verified_token() {
-        let secret: &[u8] = b"secret-a-0123456789abcdef0123456";
+        let secret = A;
         let auth = hs_auth(&[("a", secret)], false);
         assert_eq!(auth.cache_len(), 0);
         assert!(auth.cache.is_empty());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
+        let now = now_secs();
         for sub in ["u1", "u2", "u1"] {
             let token = hs_token_with(
                 Some("a"),
@@ -867,10 +870,7 @@ mod tests {
 
     #[test]
     fn a_token_without_kid_verifies_only_against_a_single_static_key() {
-        let (a, b): (&[u8], &[u8]) = (
-            b"secret-a-0123456789abcdef0123456",
-            b"secret-b-0123456789abcdef0123456",
-        );
+        let (a, b) = (A, B);
         // One static key, nothing else: unambiguous.
         let one = hs_auth(&[("a", a)], false);
         assert_eq!(
@@ -908,10 +908,7 @@ mod tests {
     #[test]
     fn an_unknown_kid_rereads_the_jwks_file_at_once_then_at_most_once_per_interval() {
         use base64::Engine as _;
-        let (a, b): (&[u8], &[u8]) = (
-            b"secret-a-0123456789abcdef0123456",
-            b"secret-b-0123456789abcdef0123456",
-        );
+        let (a, b) = (A, B);
         let jwk = |kid: &str, secret: &[u8]| {
             serde_json::json!({ "kty": "oct", "alg": "HS256", "kid": kid,
                 "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret) })
